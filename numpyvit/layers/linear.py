@@ -1,0 +1,49 @@
+"""Linear (fully connected) layer: one GEMM over all tokens.
+
+Shapes: x (..., in) -> y (..., out); the weight is (out, in) as in PyTorch/timm.
+
+Forward:   y = x W^T + b
+Backward:  dx = dy W                 (..., in)
+           dW += dy^T x              (out, in), summed over every leading axis
+           db += sum(dy)             (out,)
+Caches: x (a reference, not a copy) for dW.
+
+The leading axes (batch, tokens) are flattened to one axis M so each product is a single
+(M, in) x (in, out) matrix multiply, the shape BLAS is fastest at.
+"""
+import numpy as np
+
+from .base import Module, new_parameter, trunc_normal
+
+
+class Linear(Module):
+    """y = x W^T + b. ``weight_shape`` lets a layer store W in another shape whose trailing
+    axes multiply to ``in_features`` (the patch embedding keeps timm's (D, C, P, P))."""
+
+    def __init__(self, in_features, out_features, bias=True, *, weight_shape=None,
+                 xp=np, dtype=np.float32, rng=None, std=0.02):
+        rng = rng if rng is not None else np.random.default_rng(0)
+        self.in_features, self.out_features = in_features, out_features
+        shape = weight_shape or (out_features, in_features)
+        self.weight = new_parameter(trunc_normal(rng, shape, std, dtype), xp, dtype)
+        self.bias = new_parameter(np.zeros(out_features), xp, dtype, weight_decay=False) if bias else None
+
+    def _matrix(self):
+        return self.weight.data.reshape(self.out_features, self.in_features)  # (out, in), a view
+
+    def forward(self, x):
+        x2 = x.reshape(-1, self.in_features)                        # (M, in)
+        y = x2 @ self._matrix().T                                   # (M, out)
+        if self.bias is not None:
+            y += self.bias.data
+        self._save_for_backward(x2)
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+    def backward(self, dy):
+        (x2,) = self._saved()
+        dy2 = dy.reshape(-1, self.out_features)                     # (M, out)
+        self.weight.accumulate((dy2.T @ x2).reshape(self.weight.shape))
+        if self.bias is not None:
+            self.bias.accumulate(dy2.sum(axis=0))
+        dx = dy2 @ self._matrix()                                   # (M, in)
+        return dx.reshape(*dy.shape[:-1], self.in_features)

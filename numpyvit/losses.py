@@ -1,0 +1,66 @@
+"""Softmax cross-entropy with label smoothing, averaged over the batch.
+
+Shapes: logits z (B, K), integer labels y (B,).
+
+Forward:   log p = z - logsumexp(z)          (stable: logsumexp(z) = m + log sum exp(z - m), m = max z)
+           q = (1 - eps) * onehot(y) + eps / K        the smoothed target
+           loss = -(1/B) * sum_b sum_k q[b, k] * log p[b, k]
+Backward:  dz = (p - q) / B * dloss
+Caches: p (B, K) and the labels.
+"""
+import numpy as np
+
+from .backend import array_module
+from .layers.base import Module
+
+
+class CrossEntropyLoss(Module):
+    def __init__(self, label_smoothing=0.0):
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        self.label_smoothing = label_smoothing
+
+    def forward(self, logits, labels):
+        """The mean loss as a 0-d array on the logits' device (``float()`` it to log it)."""
+        xp = array_module(logits)
+        labels = check_labels(logits, labels)
+        B, K = logits.shape
+        shifted = logits - logits.max(axis=1, keepdims=True)          # (B, K), max 0 per row
+        log_p = shifted - xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
+        eps = self.label_smoothing
+        rows = xp.arange(B)
+        # sum_k q log p = (1 - eps) log p[y] + (eps / K) sum_k log p
+        loss = -((1 - eps) * log_p[rows, labels].sum() + (eps / K) * log_p.sum()) / B
+        self._save_for_backward(log_p, labels)
+        return loss
+
+    def backward(self, dloss=1.0):
+        log_p, labels = self._saved()
+        xp = array_module(log_p)
+        B, K = log_p.shape
+        eps = self.label_smoothing
+        dz = xp.exp(log_p)                                           # p
+        dz -= eps / K
+        dz[xp.arange(B), labels] -= 1 - eps                          # p - q
+        dz *= dz.dtype.type(1.0 / B) * dloss
+        return dz
+
+
+def check_labels(logits, labels):
+    """Labels as integers on the logits' device, or a clear error. The value range is
+    checked while the labels are on the host (before the move), so a GPU step never waits."""
+    xp = array_module(logits)
+    if logits.ndim != 2:
+        raise ValueError(f"logits must have shape (B, num_classes), got {tuple(logits.shape)}")
+    on_host = array_module(labels) is np
+    labels = np.asarray(labels) if on_host else labels
+    if labels.ndim != 1 or labels.shape[0] != logits.shape[0]:
+        raise ValueError(f"labels must have shape ({logits.shape[0]},) to match logits {tuple(logits.shape)}, "
+                         f"got {tuple(labels.shape)}")
+    if labels.dtype.kind not in "iu":
+        raise TypeError(f"labels must be integer class indices, got dtype {labels.dtype}")
+    K = logits.shape[1]
+    if on_host and labels.size and (labels.min() < 0 or labels.max() >= K):
+        raise ValueError(f"labels must be in [0, {K - 1}] for {K} classes, got values in "
+                         f"[{labels.min()}, {labels.max()}]")
+    return xp.asarray(labels) if on_host else labels

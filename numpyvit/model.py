@@ -1,0 +1,203 @@
+"""The Vision Transformer (Dosovitskiy et al. 2021, "An Image is Worth 16x16 Words").
+
+Wiring only: every piece of math lives in ``numpyvit.layers``.
+Shapes: B batch, C channels, (H, W) image, N patches, T = 1 + N tokens, D width, K classes.
+
+    x (B, C, H, W)
+    -> PatchEmbed                      (B, N, D)       z_0 = [x_p^1 E; ...; x_p^N E]   (eq. 1)
+    -> ClassToken                      (B, T, D)       prepend x_class
+    -> position embedding, dropout     (B, T, D)       + E_pos
+    -> L x Block                       (B, T, D)       eqs. 2-3, pre-norm residual blocks
+    -> LayerNorm, pool, head           (B, K)          y = LN(z_L^0) W_head            (eq. 4)
+
+backward runs the same stages in reverse, each returning the gradient of its input.
+"""
+import numpy as np
+
+from .backend import array_module, backend_name, get_xp
+from .layers import (Attention, ClassToken, DropPath, Dropout, GlobalPool, LayerNorm,
+                     LearnedPositionEmbedding, LearnedPositionEmbedding2D, Module, Mlp,
+                     PatchEmbed, SinCosPositionEmbedding2D, Linear)
+from .layers.base import new_parameter, trunc_normal
+
+POS_EMBED_KINDS = ("learned", "learned_2d", "sincos")
+
+
+class Block(Module):
+    """Pre-norm transformer block:
+        x = x + DropPath(Attn(LN1(x)));   x = x + DropPath(MLP(LN2(x)))
+    Backward of a residual x_out = x + f(x): dx = dy + f'(x)^T dy.
+    """
+
+    def __init__(self, dim, num_heads, mlp_ratio=4.0, qkv_bias=True, drop=0.0, attn_drop=0.0,
+                 drop_path=0.0, act="gelu", *, xp=np, dtype=np.float32, rng=None):
+        self.norm1 = LayerNorm(dim, xp=xp, dtype=dtype)
+        self.attn = Attention(dim, num_heads, qkv_bias, attn_drop, drop, xp=xp, dtype=dtype, rng=rng)
+        self.drop_path1 = DropPath(drop_path, xp=xp)
+        self.norm2 = LayerNorm(dim, xp=xp, dtype=dtype)
+        self.mlp = Mlp(dim, int(round(dim * mlp_ratio)), act, drop, xp=xp, dtype=dtype, rng=rng)
+        self.drop_path2 = DropPath(drop_path, xp=xp)
+
+    def forward(self, x):
+        # each branch output is a fresh array that no layer caches, so adding x into it is safe
+        h = self.drop_path1(self.attn(self.norm1(x)))
+        h += x
+        x = h
+        h = self.drop_path2(self.mlp(self.norm2(x)))
+        h += x
+        return h
+
+    def backward(self, dy):
+        dx = self.norm2.backward(self.mlp.backward(self.drop_path2.backward(dy)))
+        dx += dy
+        dy = dx
+        dx = self.norm1.backward(self.attn.backward(self.drop_path1.backward(dy)))
+        dx += dy
+        return dx
+
+
+class VisionTransformer(Module):
+    """A ViT with timm's parameter names and shapes.
+
+    Keyword arguments (the ViT paper's table, and timm's names):
+      img_size, patch_size   int or (height, width); the image must divide into patches
+      in_chans, num_classes  input channels, output classes
+      embed_dim, depth, num_heads, mlp_ratio   D, L, heads, MLP width / D
+      qkv_bias               bias in the fused qkv projection
+      drop_rate, attn_drop_rate, drop_path_rate   dropout, attention dropout, stochastic depth
+                             (the drop-path rate grows linearly from 0 to this over the blocks)
+      pos_embed              'learned' (1-D, default), 'learned_2d' (row + column), 'sincos'
+      global_pool            'token' ([CLS]) or 'avg' (mean of patch tokens, then ``fc_norm``)
+      act                    'gelu' (exact, default), 'gelu_tanh', 'relu'
+      dtype                  'float32' (training) or 'float64' (gradient checks)
+      backend                'numpy' or 'cupy' (default: $NUMPYVIT_BACKEND, else numpy)
+      seed                   seeds the weight init (the same on every backend) and the dropout masks
+    """
+
+    def __init__(self, *, img_size=224, patch_size=16, in_chans=3, num_classes=1000, embed_dim=768,
+                 depth=12, num_heads=12, mlp_ratio=4.0, qkv_bias=True, drop_rate=0.0,
+                 attn_drop_rate=0.0, drop_path_rate=0.0, pos_embed="learned", global_pool="token",
+                 act="gelu", dtype="float32", backend=None, seed=0):
+        self.config = dict(
+            img_size=img_size, patch_size=patch_size, in_chans=in_chans, num_classes=num_classes,
+            embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
+            qkv_bias=qkv_bias, drop_rate=drop_rate, attn_drop_rate=attn_drop_rate,
+            drop_path_rate=drop_path_rate, pos_embed=pos_embed, global_pool=global_pool, act=act,
+            dtype=np.dtype(dtype).name, backend=backend_name(backend), seed=seed)
+        if np.dtype(dtype) not in (np.float32, np.float64):
+            raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
+        if pos_embed not in POS_EMBED_KINDS:
+            raise ValueError(f"pos_embed must be one of {', '.join(POS_EMBED_KINDS)}, got {pos_embed!r}")
+        for name in ("in_chans", "num_classes", "embed_dim", "depth", "num_heads"):
+            if not isinstance(self.config[name], (int, np.integer)) or self.config[name] < 1:
+                raise ValueError(f"{name} must be a positive integer, got {self.config[name]!r}")
+        self.xp = xp = get_xp(backend)
+        self.dtype = dtype = np.dtype(dtype)
+        self.num_classes, self.embed_dim, self.global_pool = num_classes, embed_dim, global_pool
+        rng = np.random.default_rng(seed)
+        layer_kw = dict(xp=xp, dtype=dtype)
+        D = embed_dim
+
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, D, rng=rng, **layer_kw)
+        grid, T = self.patch_embed.grid_size, 1 + self.patch_embed.num_patches
+        self.cls_token = new_parameter(rng.normal(0, 1e-6, (1, 1, D)), xp, dtype, weight_decay=False)
+        if pos_embed == "learned":
+            self.pos_embed = new_parameter(trunc_normal(rng, (1, T, D), 0.02, dtype), xp, dtype, False)
+            self.pos = LearnedPositionEmbedding(self.pos_embed)
+        elif pos_embed == "learned_2d":
+            self.pos_embed_row = new_parameter(trunc_normal(rng, (1, grid[0], D), 0.02, dtype), xp, dtype, False)
+            self.pos_embed_col = new_parameter(trunc_normal(rng, (1, grid[1], D), 0.02, dtype), xp, dtype, False)
+            self.pos = LearnedPositionEmbedding2D(self.pos_embed_row, self.pos_embed_col)
+        else:
+            self.pos = SinCosPositionEmbedding2D(grid, D, **layer_kw)
+        self.cls = ClassToken(self.cls_token)
+        self.pos_drop = Dropout(drop_rate, xp=xp)
+        rates = np.linspace(0.0, drop_path_rate, depth)
+        self.blocks = [Block(D, num_heads, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate, float(r), act,
+                             rng=rng, **layer_kw) for r in rates]
+        use_fc_norm = global_pool == "avg"                           # timm: norm -> pool -> fc_norm
+        self.norm = None if use_fc_norm else LayerNorm(D, **layer_kw)
+        self.pool = GlobalPool(global_pool)
+        self.fc_norm = LayerNorm(D, **layer_kw) if use_fc_norm else None
+        self.head_drop = Dropout(drop_rate, xp=xp)
+        self.head = Linear(D, num_classes, rng=rng, **layer_kw)
+        self.seed(seed)
+
+    @property
+    def stages(self):
+        """The layers in forward order (``norm``/``fc_norm`` are absent in one pool kind each)."""
+        stages = [self.patch_embed, self.cls, self.pos, self.pos_drop, *self.blocks,
+                  self.norm, self.pool, self.fc_norm, self.head_drop, self.head]
+        return [stage for stage in stages if stage is not None]
+
+    # ----- forward / backward -----------------------------------------------------------------
+    def forward(self, x):
+        """Logits (B, num_classes) for images x (B, C, H, W)."""
+        x = self._check_images(x)
+        for stage in self.stages:
+            x = stage(x)
+        self._save_for_backward(x.shape)
+        return x
+
+    def backward(self, dlogits):
+        """Gradient of the images (B, C, H, W); fills every parameter's ``grad``."""
+        (shape,) = self._saved()
+        dlogits = self._to_device(dlogits, "dlogits")
+        if tuple(dlogits.shape) != tuple(shape):
+            raise ValueError(f"dlogits must have the logits' shape {tuple(shape)}, got {tuple(dlogits.shape)}")
+        dx = dlogits.astype(self.dtype, copy=False)
+        for stage in reversed(self.stages):
+            dx = stage.backward(dx)
+        return dx
+
+    def _to_device(self, x, what):
+        if not hasattr(x, "shape") or not hasattr(x, "dtype"):
+            raise TypeError(f"{what} must be a NumPy or CuPy array, got {type(x).__name__}; "
+                            "wrap it with numpy.asarray(...)")
+        if array_module(x) is not self.xp:
+            if self.xp is np:
+                raise TypeError(f"{what} is a CuPy (GPU) array but the model lives on the NumPy backend: "
+                                "pass numpyvit.backend.to_numpy(x), or build the model with backend='cupy'")
+            x = self.xp.asarray(x)                                   # host -> device, at the boundary
+        return x
+
+    def _check_images(self, x):
+        x = self._to_device(x, "images")
+        C, (H, W) = self.patch_embed.in_chans, self.patch_embed.img_size
+        expected = f"(B, {C}, {H}, {W})"
+        if x.ndim != 4:
+            hint = " (add the channel axis: x[:, None])" if x.ndim == 3 and C == 1 else ""
+            raise ValueError(f"images must have shape {expected}, got {tuple(x.shape)}{hint}")
+        if x.shape[1] != C:
+            raise ValueError(f"images must have {C} channel(s), shape {expected}; got {x.shape[1]} "
+                             f"channels in shape {tuple(x.shape)} (build the model with in_chans={x.shape[1]} "
+                             "or convert the images)")
+        if tuple(x.shape[2:]) != (H, W):
+            raise ValueError(f"images must be {H}x{W} for this model, got {x.shape[2]}x{x.shape[3]}: resize "
+                             f"them, or build the model with img_size=({x.shape[2]}, {x.shape[3]}) "
+                             f"(both sides divisible by the patch size {self.patch_embed.patch_size})")
+        if not self.xp.issubdtype(x.dtype, self.xp.floating):
+            raise TypeError(f"images must be floating point, got {x.dtype}: convert them, e.g. "
+                            "x.astype(numpy.float32) / 255, then normalize")
+        return x.astype(self.dtype, copy=False)
+
+    # ----- looking inside --------------------------------------------------------------------------
+    def attention_maps(self, x):
+        """The attention probabilities of every block for images x, computed in eval mode:
+        a list of ``depth`` arrays (B, heads, T, T), token 0 being [CLS]."""
+        was_training = self.training
+        attentions = [block.attn for block in self.blocks]
+        self.eval()
+        try:
+            for attn in attentions:
+                attn.record = True
+            self.forward(x)
+            return [attn.recorded for attn in attentions]
+        finally:
+            for attn in attentions:
+                attn.record, attn.recorded = False, None
+            self.train(was_training)
+
+    def patch_position_embeddings(self):
+        """The position embedding of each patch (N, D), row-major over the patch grid."""
+        return self.pos.table()[0, 1:]
