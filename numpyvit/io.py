@@ -55,11 +55,16 @@ def load_arrays(path):
         path = path / CHECKPOINT_NAME
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"PK\x03\x04":                                      # every .npz is a zip archive
+        raise CheckpointError(f"{path} is not an .npz archive (corrupt, truncated at the start, "
+                              "or another format such as a single .npy array)")
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {name: archive[name] for name in archive.files}
     except ValueError as err:
-        if "allow_pickle" in str(err):
+        if "Object arrays cannot be loaded" in str(err):
             raise CheckpointError(f"{path} holds pickled Python objects; numpyvit never unpickles "
                                   "(allow_pickle=False), so it refuses this file") from err
         raise CheckpointError(f"{path} is not a readable .npz checkpoint ({err})") from err

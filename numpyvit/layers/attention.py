@@ -21,16 +21,31 @@ from ..backend import array_module
 from .base import Module
 from .dropout import Dropout
 from .linear import Linear
+from .reductions import row_dot, row_sum
 
 
 def softmax(s):
-    """Softmax over the last axis, computed in place in ``s`` (stable: the row max is
-    subtracted first, which does not change the result)."""
+    """Softmax over the last axis of attention scores s (..., N, N), as a new array.
+
+    softmax(s) = softmax(s - c) for any c constant along a row; subtracting a large enough c
+    keeps exp from overflowing. NumPy's max over a short last axis is ~30x slower than over a
+    whole (N, N) block, so on the CPU c is each block's max; if a row then sums below 1e-20
+    (its own max lies over 46 below its block's, where exp would lose precision), the
+    exact per-row max is used instead. On the GPU the row max is cheap and always used.
+    """
     xp = array_module(s)
-    s -= s.max(axis=-1, keepdims=True)
-    xp.exp(s, out=s)
-    s *= 1.0 / s.sum(axis=-1, keepdims=True)
-    return s
+    if xp is np:
+        blocks = s.reshape(-1, s.shape[-2] * s.shape[-1])           # (B*H, N*N)
+        e = (blocks - blocks.max(axis=1, keepdims=True)).reshape(s.shape)
+    else:
+        e = s - s.max(axis=-1, keepdims=True)
+    xp.exp(e, out=e)
+    sums = row_sum(e, keepdims=True)                                 # (..., N, 1)
+    if xp is np and sums.min() < 1e-20:
+        e = xp.exp(s - s.max(axis=-1, keepdims=True))
+        sums = row_sum(e, keepdims=True)
+    e *= 1 / sums
+    return e
 
 
 class Attention(Module):
@@ -51,6 +66,7 @@ class Attention(Module):
         self.record, self.recorded = False, None
 
     def forward(self, x):
+        xp = array_module(x)
         B, N, D = x.shape
         H, d = self.num_heads, self.head_dim
         qkv = self.qkv(x).reshape(B, N, 3, H, d).transpose(2, 0, 3, 1, 4)   # (3, B, H, N, d) view
@@ -60,8 +76,9 @@ class Attention(Module):
         if self.record:
             self.recorded = p
         p_dropped = self.attn_drop(p)
-        o = p_dropped @ v                                                     # (B, H, N, d)
-        o = o.transpose(0, 2, 1, 3).reshape(B, N, D)                          # heads side by side
+        o = xp.empty((B, N, H, d), dtype=x.dtype)                             # heads side by side
+        xp.matmul(p_dropped, v, out=o.transpose(0, 2, 1, 3))                  # o = p' v, (B, H, N, d) view
+        o = o.reshape(B, N, D)
         self._save_for_backward(q_scaled, k, v, p, p_dropped)
         return self.proj_drop(self.proj(o))
 
@@ -76,8 +93,9 @@ class Attention(Module):
         dq, dk, dv = dqkv.transpose(2, 0, 3, 1, 4)                            # each (B, H, N, d)
         xp.matmul(p_dropped.swapaxes(-1, -2), do, out=dv)                     # dv = p'^T do
         dp = self.attn_drop.backward(do @ v.swapaxes(-1, -2))                 # (B, H, N, N)
-        # softmax backward: ds = p * (dp - sum(dp * p))
-        ds = dp - (dp * p).sum(axis=-1, keepdims=True)
+        # softmax backward: ds = p * (dp - sum(dp * p)), in place in dp (a fresh array)
+        ds = dp
+        ds -= row_dot(dp, p, keepdims=True)
         ds *= p
         xp.matmul(ds, k, out=dq)
         dq *= dy.dtype.type(self.scale)                                       # dq = ds k / sqrt(d)

@@ -7,12 +7,16 @@ Forward:   mu = mean(x),  rstd = 1 / sqrt(mean((x - mu)^2) + eps)
 Backward:  dg += sum(dy * xhat),  db += sum(dy)             (summed over all leading axes)
            dxhat = dy * g
            dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
+           where mean(dxhat) = (dy @ g) / D and mean(dxhat * xhat) = ((dy * xhat) @ g) / D,
+           so the product dy * xhat serves both dg and the last term.
 Caches: xhat (..., D) and rstd (..., 1): x and mu are not needed again, because the
 backward formula is written in terms of the normalized input.
 """
 import numpy as np
 
+from ..backend import array_module
 from .base import Module, new_parameter
+from .reductions import col_sum, matvec, row_dot, row_mean
 
 
 class LayerNorm(Module):
@@ -22,9 +26,9 @@ class LayerNorm(Module):
         self.bias = new_parameter(np.zeros(dim), xp, dtype, weight_decay=False)
 
     def forward(self, x):
-        xhat = x - x.mean(axis=-1, keepdims=True)                   # (..., D), centred
-        var = (xhat * xhat).mean(axis=-1, keepdims=True)            # (..., 1)
-        rstd = (var + self.eps) ** -0.5
+        xhat = x - row_mean(x, keepdims=True)                       # (..., D), centred
+        var = row_dot(xhat, xhat, keepdims=True)                     # (..., 1), times D
+        rstd = (var * x.dtype.type(1.0 / self.dim) + x.dtype.type(self.eps)) ** -0.5
         xhat *= rstd
         y = xhat * self.weight.data
         y += self.bias.data
@@ -33,11 +37,16 @@ class LayerNorm(Module):
 
     def backward(self, dy):
         xhat, rstd = self._saved()
-        lead = tuple(range(dy.ndim - 1))
-        self.weight.accumulate((dy * xhat).sum(axis=lead))
-        self.bias.accumulate(dy.sum(axis=lead))
-        dxhat = dy * self.weight.data                                # (..., D)
-        dx = dxhat - dxhat.mean(axis=-1, keepdims=True)
-        dx -= xhat * (dxhat * xhat).mean(axis=-1, keepdims=True)
+        xp = array_module(dy)
+        g = self.weight.data
+        dy_xhat = dy * xhat                                          # (..., D)
+        self.weight.accumulate(col_sum(dy_xhat))
+        self.bias.accumulate(col_sum(dy))
+        inv_d = dy.dtype.type(1.0 / self.dim)
+        mean_dxhat = matvec(dy, g, keepdims=True) * inv_d            # (..., 1)
+        mean_dxhat_xhat = matvec(dy_xhat, g, keepdims=True) * inv_d  # (..., 1)
+        dx = dy * g                                                  # dxhat
+        dx -= mean_dxhat
+        dx -= xp.multiply(xhat, mean_dxhat_xhat, out=dy_xhat)        # reuses the buffer
         dx *= rstd
         return dx

@@ -14,6 +14,7 @@ The leading axes (batch, tokens) are flattened to one axis M so each product is 
 import numpy as np
 
 from .base import Module, new_parameter, trunc_normal
+from .reductions import col_sum
 
 
 class Linear(Module):
@@ -44,6 +45,6 @@ class Linear(Module):
         dy2 = dy.reshape(-1, self.out_features)                     # (M, out)
         self.weight.accumulate((dy2.T @ x2).reshape(self.weight.shape))
         if self.bias is not None:
-            self.bias.accumulate(dy2.sum(axis=0))
+            self.bias.accumulate(col_sum(dy2))
         dx = dy2 @ self._matrix()                                   # (M, in)
         return dx.reshape(*dy.shape[:-1], self.in_features)

@@ -19,7 +19,7 @@ from .linear import Linear
 
 def to_pair(value, what):
     """(h, w) from an int or a pair of ints."""
-    pair = (value, value) if isinstance(value, (int, np.integer)) else tuple(value)
+    pair = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
     if len(pair) != 2 or not all(isinstance(v, (int, np.integer)) and v > 0 for v in pair):
         raise ValueError(f"{what} must be a positive int or a pair (height, width), got {value!r}")
     return int(pair[0]), int(pair[1])
@@ -50,8 +50,11 @@ class PatchEmbed(Module):
         self.proj.bias.data[...] = xp.asarray(rng.uniform(-bound, bound, embed_dim))
 
     def forward(self, x):
-        B, C = x.shape[:2]
-        (Gh, Gw), (Ph, Pw) = self.grid_size, self.patch_size
+        (Gh, Gw), (Ph, Pw), C = self.grid_size, self.patch_size, self.in_chans
+        if x.ndim != 4 or tuple(x.shape[1:]) != (C, *self.img_size):
+            raise ValueError(f"PatchEmbed expects images of shape (B, {C}, {self.img_size[0]}, "
+                             f"{self.img_size[1]}), got {tuple(x.shape)}")
+        B = x.shape[0]
         patches = (x.reshape(B, C, Gh, Ph, Gw, Pw)
                     .transpose(0, 2, 4, 1, 3, 5)                     # (B, Gh, Gw, C, Ph, Pw)
                     .reshape(B, Gh * Gw, C * Ph * Pw))               # (B, N, C*Ph*Pw)

@@ -1,0 +1,107 @@
+"""Random affine augmentation (rotation, scale, translation) for a whole batch at once.
+
+B batch, C channels, H x W image size; P = H * W pixels per image.
+
+Pixel (x, y) (column, row; y points down) of an image is the point p = (x, y) - c relative to
+the image center c = ((W - 1) / 2, (H - 1) / 2). Each image b gets its own forward map
+
+    p_out = A_b p_in + t_b,    A_b = s_b R(theta_b),    R(theta) = [[cos theta, -sin theta],
+                                                                     [sin theta,  cos theta]]
+
+(with y down, a positive theta turns the content clockwise on screen). To fill every output
+pixel exactly once we run the map backwards: the output pixel at p takes the input value at
+
+    q = A_b^-1 (p - t_b) = (1 / s_b) R(-theta_b) (p - t_b),
+
+which lies between pixels, so it is read by bilinear interpolation. With x0 = floor(q_x),
+wx = q_x - x0 (same for y), and v(i, j) the input at row i, column j,
+
+    out = (1 - wy) * ((1 - wx) v(y0, x0)     + wx v(y0, x0 + 1))
+        +      wy  * ((1 - wx) v(y0 + 1, x0) + wx v(y0 + 1, x0 + 1)),
+
+where v is ``fill`` outside the image. This is implemented by padding every image with a
+one-pixel border of ``fill`` and clamping q to that border, so the four reads are plain
+gathers from one flat array: no Python loop over images and no bounds masks. The weights
+form above is exact at wx, wy in {0, 1}, so an integer shift moves pixel values unchanged.
+"""
+import numpy as np
+
+
+def affine_transform(x, angle, scale, translate, fill=0.0):
+    """Rotate by ``angle`` degrees, scale by ``scale`` and shift by ``translate`` pixels.
+
+    x: (B, C, H, W) float; angle, scale: (B,); translate: (B, 2) as (dx, dy), positive moves
+    the content right / down. Returns (B, C, H, W) float32; pixels from outside are ``fill``.
+    """
+    if x.ndim != 4:
+        raise ValueError(f"expected images of shape (B, C, H, W), got {x.shape}")
+    B, C, H, W = x.shape
+    theta = np.deg2rad(np.asarray(angle, dtype=np.float64))  # (B,)
+    inv_s = 1.0 / np.asarray(scale, dtype=np.float64)  # (B,)
+    tx, ty = np.asarray(translate, dtype=np.float64).T  # (B,) each
+    cos, sin = np.cos(theta) * inv_s, np.sin(theta) * inv_s
+    cx, cy = (W - 1) / 2, (H - 1) / 2
+    # q = M (p - t) with M = R(-theta) / s = [[cos, sin], [-sin, cos]]; in absolute pixel
+    # coordinates q_abs = M p_abs + o with o = c - M (c + t).
+    ox = cx - (cos * (cx + tx) + sin * (cy + ty))  # (B,)
+    oy = cy - (-sin * (cx + tx) + cos * (cy + ty))  # (B,)
+    m = np.stack([cos, sin, ox, -sin, cos, oy]).astype(np.float32)[:, :, None, None]  # (6, B, 1, 1)
+    px = np.arange(W, dtype=np.float32)[None, None, :]  # (1, 1, W)
+    py = np.arange(H, dtype=np.float32)[None, :, None]  # (1, H, 1)
+    qx = np.clip(m[0] * px + m[1] * py + m[2], -1, W)  # (B, H, W) source column
+    qy = np.clip(m[3] * px + m[4] * py + m[5], -1, H)  # (B, H, W) source row
+
+    x0 = np.minimum(np.floor(qx), W - 1)  # in -1..W-1, so x0 + 1 is still on the padded border
+    y0 = np.minimum(np.floor(qy), H - 1)
+    wx = (qx - x0).reshape(B, 1, H * W)  # (B, 1, P)
+    wy = (qy - y0).reshape(B, 1, H * W)
+
+    Wp = W + 2  # padded width; padded index = original index + 1
+    padded = np.full((B, C, H + 2, Wp), fill, dtype=np.float32)
+    padded[:, :, 1:-1, 1:-1] = x
+    flat = padded.reshape(-1)  # (B * C * (H + 2) * Wp,)
+    start = (np.arange(B * C) * ((H + 2) * Wp)).reshape(B, C, 1)  # (B, C, 1) image offsets
+    i00 = ((y0 + 1) * Wp + (x0 + 1)).astype(np.intp).reshape(B, 1, H * W) + start  # (B, C, P)
+
+    top = (1 - wx) * flat[i00] + wx * flat[i00 + 1]  # (B, C, P) row y0
+    bottom = (1 - wx) * flat[i00 + Wp] + wx * flat[i00 + Wp + 1]  # (B, C, P) row y0 + 1
+    return ((1 - wy) * top + wy * bottom).reshape(B, C, H, W)
+
+
+class RandomAffine:
+    """Per image: rotation uniform in +-``max_rotate`` degrees, scale uniform in ``scale``,
+    shift uniform in +-``max_translate`` pixels along each axis; see the module docstring.
+
+    ``fill`` is the value of pixels that come from outside the image. Augment after
+    normalizing and pass the normalized background, ``(0 - mean) / std``, so that the new
+    border looks like the old one.
+
+    Call it as ``aug(x, rng)`` with x (B, C, H, W) float and a ``numpy.random.Generator``;
+    it returns a new (B, C, H, W) float32 array.
+    """
+
+    def __init__(self, max_translate=2.0, max_rotate=10.0, scale=(0.9, 1.1), fill=0.0):
+        if max_translate < 0 or max_rotate < 0:
+            raise ValueError(
+                f"max_translate and max_rotate must be >= 0, got {max_translate} and {max_rotate}"
+            )
+        if not 0 < scale[0] <= scale[1]:
+            raise ValueError(f"scale must be (low, high) with 0 < low <= high, got {scale}")
+        self.max_translate = float(max_translate)
+        self.max_rotate = float(max_rotate)
+        self.scale = (float(scale[0]), float(scale[1]))
+        self.fill = float(fill)
+
+    def sample(self, batch, rng):
+        """Random (angle (B,), scale (B,), translate (B, 2)) for ``batch`` images."""
+        angle = rng.uniform(-self.max_rotate, self.max_rotate, batch)
+        scale = rng.uniform(self.scale[0], self.scale[1], batch)
+        translate = rng.uniform(-self.max_translate, self.max_translate, (batch, 2))
+        return angle, scale, translate
+
+    def __call__(self, x, rng):
+        return affine_transform(x, *self.sample(len(x), rng), fill=self.fill)
+
+    def __repr__(self):
+        return (f"RandomAffine(max_translate={self.max_translate}, max_rotate={self.max_rotate}, "
+                f"scale={self.scale}, fill={self.fill})")

@@ -1,0 +1,67 @@
+"""From uint8 images to normalized float32 mini-batches on the training device.
+
+B batch, N samples, H x W image size (28 x 28 for MNIST).
+
+    x = (pixel / 255 - mean) / std        pixel in 0..255, mean/std of the training pixels in [0, 1]
+
+``normalize`` computes this through a 256-entry lookup table, so an image costs one gather
+instead of a cast, a divide, a subtract and a divide. ``iterate_batches`` takes either the
+uint8 images and normalizes each batch (nothing float the size of the data set is kept; about
+0.1 ms per 128 images) or images normalized once up front (60000 MNIST images are 188 MB of
+float32), optionally augments on the host, and moves each batch to the array module ``xp``
+(NumPy or CuPy) with one ``xp.asarray`` for x and one for y.
+"""
+import numpy as np
+
+
+def normalize(images, mean, std):
+    """(N, H, W) uint8 -> (N, 1, H, W) float32 holding (images / 255 - mean) / std."""
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim != 3:
+        raise TypeError(f"normalize expects (N, H, W) uint8 images, got {images.shape} {images.dtype}")
+    table = ((np.arange(256) / 255.0 - mean) / std).astype(np.float32)  # (256,) value of each pixel
+    return np.take(table, images[:, None])  # (N, 1, H, W)
+
+
+def iterate_batches(images, labels, batch_size, *, shuffle, rng=None, augment=None,
+                    drop_last=False, mean=None, std=None, xp=np):
+    """Yield one epoch of ``(x, y)``: x (B, 1, H, W) float32 normalized, y (B,) int64, both
+    ``xp`` arrays.
+
+    images: either (N, H, W) uint8, normalized batch by batch with ``mean`` and ``std`` (give
+        both, e.g. ``dataset.mean, dataset.std``), or the (N, 1, H, W) float output of
+        ``normalize``, used as it is (then leave ``mean``/``std`` out).
+    labels: (N,) integers.
+    shuffle: visit the samples in the order of ``rng.permutation(N)`` (every sample once).
+    rng: a seeded ``numpy.random.Generator``; needed to shuffle or augment, so that a seed
+        reproduces a run.
+    augment: optional ``(x (B, 1, H, W) float32, rng) -> same shape``, applied on the host.
+    drop_last: skip the final batch when it has fewer than ``batch_size`` samples.
+    """
+    raw = images.dtype == np.uint8 and images.ndim == 3
+    if raw and (mean is None or std is None):
+        raise ValueError("uint8 images need mean= and std= (e.g. dataset.mean, dataset.std)")
+    if not raw and (images.ndim != 4 or images.shape[1] != 1 or images.dtype.kind != "f"):
+        raise TypeError(f"images must be (N, H, W) uint8 or normalized (N, 1, H, W) float, "
+                        f"got {images.shape} {images.dtype}")
+    if not raw and (mean is not None or std is not None):
+        raise ValueError("these float images are already normalized; leave out mean= and std=")
+    if len(images) != len(labels):
+        raise ValueError(f"{len(images)} images but {len(labels)} labels; the counts must agree")
+    if int(batch_size) != batch_size or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if rng is None and (shuffle or augment is not None):
+        raise ValueError("shuffling and augmentation need rng=numpy.random.default_rng(seed)")
+
+    n = len(images)
+    order = rng.permutation(n) if shuffle else np.arange(n)  # (N,) sample indices in visit order
+    stop = n - n % batch_size if drop_last else n
+    for start in range(0, stop, batch_size):
+        idx = order[start:start + batch_size]  # (B,)
+        if raw:
+            x = normalize(images[idx], mean, std)  # (B, 1, H, W)
+        else:
+            x = images[idx].astype(np.float32, copy=False)  # (B, 1, H, W)
+        if augment is not None:
+            x = augment(x, rng)
+        yield xp.asarray(x), xp.asarray(labels[idx].astype(np.int64))

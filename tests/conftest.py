@@ -1,0 +1,87 @@
+"""Shared fixtures for the core tests.
+
+``xp``               the array module to run on: ``numpy`` always, ``cupy`` only where CuPy
+                     imports and sees a CUDA GPU (skipped otherwise). Every gradient check uses it.
+``rng``              a seeded NumPy generator; inputs are drawn on the host and moved with ``xp.asarray``.
+``perturb``          moves every parameter of a module to a generic point (see below).
+``check_gradients``  runs ``numpyvit.gradcheck`` and fails with its per-tensor report.
+
+Why perturb: the default init puts the [CLS] token at ~1e-6 and LayerNorm weights at exactly
+1, biases at 0. Near a constant vector LayerNorm is extremely curved, so finite differences
+lose accuracy there (a property of the function, not a bug). Checking at a random point
+also exercises every term of each backward formula.
+"""
+import functools
+
+import numpy as np
+import pytest
+
+import numpyvit
+from numpyvit.backend import array_module
+
+
+@functools.lru_cache(maxsize=None)
+def _cupy_with_gpu():
+    """The cupy module if it imports and sees a CUDA device, else None."""
+    try:
+        import cupy
+
+        return cupy if cupy.cuda.runtime.getDeviceCount() > 0 else None
+    except Exception:  # not installed, or no driver / device
+        return None
+
+
+@pytest.fixture(params=["numpy", "cupy"])
+def xp(request):
+    """The array module under test; test ids read ``[numpy]`` / ``[cupy]``."""
+    if request.param == "numpy":
+        return np
+    cupy = _cupy_with_gpu()
+    if cupy is None:
+        pytest.skip("CuPy with a CUDA GPU is not available")
+    return cupy
+
+
+@pytest.fixture
+def backend(xp):
+    """The backend name matching ``xp`` (for ``VisionTransformer(backend=...)``)."""
+    return xp.__name__
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(20240607)
+
+
+@pytest.fixture
+def perturb(rng):
+    """perturb(module, scale=0.3): add scale * N(0, 1) noise to every parameter, in place."""
+
+    def perturb(module, scale=0.3):
+        for _, param in module.named_parameters():
+            noise = scale * rng.standard_normal(param.shape)
+            param.data += array_module(param.data).asarray(noise, dtype=param.data.dtype)
+        return module
+
+    return perturb
+
+
+@pytest.fixture
+def check_gradients():
+    """check_gradients(module, x, *args, max_elements=None, tol=1e-6) -> GradcheckReport.
+
+    Asserts that the input gradient (unless check_input=False) and every parameter's gradient
+    agree with central differences to ``tol`` (relative error), printing the report if not.
+    """
+
+    def check(module, x, *args, max_elements=None, tol=1e-6, check_input=True):
+        report = numpyvit.gradcheck(module, x, *args, max_elements=max_elements, tol=tol,
+                                    check_input=check_input)
+        expected = (["input"] if check_input else []) + [name for name, _ in module.named_parameters()]
+        assert [t.name for t in report.tensors] == expected, str(report)
+        assert all(t.checked > 0 for t in report.tensors), str(report)
+        assert report.passed, "\n" + str(report)
+        assert not module.has_cache(), "gradcheck left forward caches behind"
+        return report
+
+    return check
