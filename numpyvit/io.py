@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .backend import to_numpy
+from .backend import backend_name, to_numpy
 
 META_KEY = "__meta__"
 CHECKPOINT_NAME = "checkpoint.npz"
@@ -36,6 +36,9 @@ def save_arrays(path, arrays, meta):
     payload = {name: to_numpy(value) for name, value in arrays.items()}
     payload[META_KEY] = np.frombuffer(json.dumps(dict(meta, format=FORMAT)).encode(), dtype=np.uint8)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)                                    # mkstemp makes it private (0600)
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **payload)
@@ -96,11 +99,12 @@ def save_model(model, path, **meta):
 
 def load_model(path, backend=None):
     """Rebuild the model saved at ``path`` (a .npz file or a run folder holding
-    checkpoint.npz), optionally on another backend."""
+    checkpoint.npz) on ``backend`` (default: $NUMPYVIT_BACKEND, else numpy, whatever backend
+    it was trained on)."""
     from .model import VisionTransformer
 
     arrays, meta = load_arrays(path)
-    config = dict(meta["config"], **({} if backend is None else {"backend": backend}))
+    config = dict(meta["config"], backend=backend_name(backend))
     model = VisionTransformer(**config)
     try:
         model.load_state_dict(prefixed(arrays, "model"))

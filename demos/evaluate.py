@@ -1,0 +1,67 @@
+"""Test accuracy and confusion matrix of a trained model.
+
+    python demos/evaluate.py                               # the run in runs/mnist
+    python demos/evaluate.py --checkpoint runs/fashion-mnist/checkpoint.npz
+
+Run from the repository root with PYTHONPATH=. (or after `pip install -e .`).
+"""
+import argparse
+import sys
+
+import numpy as np
+
+import numpyvit.data
+from numpyvit.backend import backend_name
+from numpyvit.train import evaluate, load_trained_model
+from numpyvit.viz import confusion_matrix
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", default="runs/mnist", help="a run folder or a .npz file (default: runs/mnist)")
+    p.add_argument("--dataset", choices=["mnist", "fashion-mnist"], help="default: the one it was trained on")
+    p.add_argument("--data-dir", help="folder with the IDX .gz files (default: $NUMPYVIT_DATA, then the cache)")
+    p.add_argument("--backend", choices=["numpy", "cupy"], help="default: $NUMPYVIT_BACKEND, else numpy")
+    p.add_argument("--batch-size", type=int, default=500)
+    return p.parse_args(argv)
+
+
+def format_confusion(matrix, classes):
+    """The matrix as a text table: rows true class, columns predicted, plus each row's accuracy."""
+    K = len(matrix)
+    width = max(5, len(str(matrix.max())) + 1)
+    lines = ["rows: true class, columns: predicted class",
+             "true\\pred" + "".join(f"{k:>{width}}" for k in range(K)) + "   recall"]
+    for k, row in enumerate(matrix):
+        recall = row[k] / row.sum() if row.sum() else float("nan")
+        lines.append(f"{k:>9}" + "".join(f"{n:>{width}}" for n in row) + f"  {100 * recall:6.2f}%")
+    if any(name != str(k) for k, name in enumerate(classes)):
+        lines.append("classes: " + ", ".join(f"{k} {name}" for k, name in enumerate(classes)))
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        model, meta = load_trained_model(args.checkpoint, backend=backend_name(args.backend))
+        name = args.dataset or meta.get("dataset")
+        if name is None:
+            raise ValueError(f"{args.checkpoint} does not say which dataset it was trained on: pass --dataset")
+        dataset = numpyvit.data.load_dataset(name, args.data_dir)
+        result = evaluate(model, dataset.test_images, dataset.test_labels, mean=dataset.mean, std=dataset.std,
+                          batch_size=args.batch_size)
+    except (ValueError, OSError) as err:                       # CheckpointError is a ValueError
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    n = len(dataset.test_labels)
+    epoch = f", epoch {meta['epoch']}" if "epoch" in meta else ""
+    print(f"{args.checkpoint}{epoch} on the {name} test set ({n} images)")
+    print(f"test accuracy {100 * result.accuracy:.2f}% ({int(np.sum(result.predictions == dataset.test_labels))}"
+          f"/{n}), loss {result.loss:.4f}")
+    print(format_confusion(confusion_matrix(dataset.test_labels, result.predictions, model.num_classes),
+                           dataset.classes))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

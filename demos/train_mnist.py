@@ -1,0 +1,127 @@
+"""Train a Vision Transformer on MNIST or Fashion-MNIST.
+
+    python demos/train_mnist.py                          # the "default" recipe: mnist_tiny, 10 epochs
+    python demos/train_mnist.py --recipe gpu             # mnist_large on CuPy
+    python demos/train_mnist.py --depth 4 --epochs 3     # flags override the recipe
+    python demos/train_mnist.py --resume                 # continue the run in --out after Ctrl-C
+
+Run from the repository root with PYTHONPATH=. (or after `pip install -e .`). Writes
+checkpoint.npz, history.json and curves.png into --out (default runs/<dataset>). Exit codes:
+0 done, 1 error, 130 stopped by Ctrl-C (resumable).
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpyvit.data
+from numpyvit import PRESETS, VisionTransformer, create_model
+from numpyvit.backend import backend_name
+from numpyvit.io import CHECKPOINT_NAME, load_arrays
+from numpyvit.train import (CURVES_NAME, HISTORY_NAME, RECIPES, NonFiniteLossError, TrainConfig, TrainingError,
+                            TrainingInterrupted, fit, recipe)
+from numpyvit.train.progress import format_duration
+
+# flag -> VisionTransformer keyword
+MODEL_FLAGS = dict(patch_size="patch_size", embed_dim="embed_dim", depth="depth", num_heads="num_heads",
+                   mlp_ratio="mlp_ratio", drop_path="drop_path_rate", act="act", pos_embed="pos_embed",
+                   pool="global_pool")
+# flag -> TrainConfig field
+TRAIN_FLAGS = ("epochs", "batch_size", "lr", "weight_decay", "label_smoothing", "augment", "seed", "limit_train")
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--recipe", choices=sorted(RECIPES), help="model preset + training settings (default: default)")
+    p.add_argument("--backend", choices=["numpy", "cupy"],
+                   help="default: the recipe's, else $NUMPYVIT_BACKEND, else numpy")
+    p.add_argument("--dataset", choices=["mnist", "fashion-mnist"], help="default: mnist")
+    p.add_argument("--data-dir", help="folder with the IDX .gz files (default: $NUMPYVIT_DATA, then the cache)")
+    p.add_argument("--out", help="output folder (default: runs/<dataset>)")
+    p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    model = p.add_argument_group("model (override the recipe's preset)")
+    model.add_argument("--preset", help=f"one of {', '.join(sorted(PRESETS))}")
+    model.add_argument("--patch-size", type=int)
+    model.add_argument("--embed-dim", type=int)
+    model.add_argument("--depth", type=int)
+    model.add_argument("--num-heads", type=int)
+    model.add_argument("--mlp-ratio", type=float)
+    model.add_argument("--drop-path", type=float, help="stochastic depth rate of the last block")
+    model.add_argument("--act", choices=["gelu", "gelu_tanh", "relu"])
+    model.add_argument("--pos-embed", choices=["learned", "learned_2d", "sincos"])
+    model.add_argument("--pool", choices=["token", "avg"])
+    train = p.add_argument_group("training (override the recipe)")
+    train.add_argument("--epochs", type=int)
+    train.add_argument("--batch-size", type=int)
+    train.add_argument("--lr", type=float, help="peak learning rate")
+    train.add_argument("--weight-decay", type=float)
+    train.add_argument("--label-smoothing", type=float)
+    train.add_argument("--no-augment", dest="augment", action="store_const", const=False)
+    train.add_argument("--seed", type=int, help="seeds the weights, data order, augmentation and dropout")
+    train.add_argument("--limit-train", type=int, metavar="N", help="train on the first N images (quick runs)")
+    return p.parse_args(argv)
+
+
+def explicit(args, names):
+    """{name: value} of the flags given on the command line (argparse leaves the rest None)."""
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+
+
+def plan(args):
+    """(preset or None, model keywords, TrainConfig, dataset name, out folder): the recipe's, or
+    with --resume the checkpoint's (preset None), with the flags given on top."""
+    out = Path(args.out or f"runs/{args.dataset or 'mnist'}")
+    model_kw = {MODEL_FLAGS[flag]: value for flag, value in explicit(args, MODEL_FLAGS).items()}
+    if args.resume:
+        if args.recipe or args.preset:
+            raise ValueError("--recipe and --preset start a new run; --resume continues with the checkpoint's "
+                             "settings (other flags given with it still override them)")
+        _, meta = load_arrays(out)
+        backend = args.backend or meta["config"]["backend"]
+        preset, model_kw = None, dict(meta["config"], **model_kw, backend=backend)
+        train, dataset_name = TrainConfig.from_dict(meta["train"]), args.dataset or meta["dataset"]
+    else:
+        chosen = recipe(args.recipe or "default")
+        train, dataset_name = chosen["train"], args.dataset or "mnist"
+        seed = args.seed if args.seed is not None else train.seed
+        preset = args.preset or chosen["preset"]
+        model_kw = dict(chosen["model"], **model_kw, backend=backend_name(args.backend or chosen["backend"]),
+                        seed=seed)
+    train = TrainConfig.from_dict(dict(train.to_dict(), **explicit(args, TRAIN_FLAGS)))
+    return preset, model_kw, train, dataset_name, out
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        preset, model_kw, config, dataset_name, out = plan(args)
+        dataset = numpyvit.data.load_dataset(dataset_name, args.data_dir)
+        if preset is None:
+            model = VisionTransformer(**model_kw)
+        else:                                               # the data decides the input and output sizes
+            H, W = dataset.train_images.shape[1:]
+            model = create_model(preset, **model_kw, img_size=H if H == W else (H, W), in_chans=1,
+                                 num_classes=len(dataset.classes))
+        n_train = min(len(dataset.train_labels), config.limit_train or len(dataset.train_labels))
+        print(f"{dataset_name}: {n_train} training / {len(dataset.test_labels)} test images; "
+              f"backend {model.config['backend']}; {model.num_parameters():,} parameters")
+        print("model:", json.dumps(model.config))
+        print("train:", json.dumps(config.to_dict()), flush=True)
+        history = fit(model, dataset, config, out, resume=args.resume)
+    except TrainingInterrupted as stop:
+        print(stop, file=sys.stderr)
+        return 130
+    except (NonFiniteLossError, TrainingError, ValueError, OSError) as err:  # CheckpointError is a ValueError
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    last = history["epochs"][-1]
+    curves = out / CURVES_NAME
+    print(f"test accuracy {100 * last['test_acc']:.2f}% after {last['epoch']} epochs, "
+          f"{format_duration(last['time'])} of training")
+    print(f"checkpoint {out / CHECKPOINT_NAME}, history {out / HISTORY_NAME}"
+          + (f", curves {curves}" if curves.exists() else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

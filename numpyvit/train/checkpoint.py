@@ -1,0 +1,145 @@
+"""Training checkpoints: everything needed to continue a run exactly, in one .npz file.
+
+``<out_dir>/checkpoint.npz`` is written with ``numpyvit.io.save_arrays`` (no pickle; a
+temporary file renamed over the old one, so a crash mid-write leaves the previous checkpoint):
+
+    arrays  model.<name>     the weights, timm names (so ``numpyvit.io.load_model(out_dir)`` works)
+            optim.<name>     AdamW's moments, step count, learning rates
+            train.order      (N,) the unfinished epoch's sample order (mid-epoch checkpoints only)
+    meta    config           the model's keywords; train: the TrainConfig; dataset: its name;
+                             data: train/test sizes, normalization mean/std, class names
+            epoch, step      completed epochs, optimizer steps taken
+            epoch_step       steps into the unfinished epoch (0 at an epoch end); partial: that
+                             epoch's running loss/correct/images/seconds
+            elapsed          seconds of training so far; history: the per-epoch records
+            rng              the data generator's state (order + augmentation) and, on NumPy,
+                             every dropout layer's generator state
+"""
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..io import CheckpointError, load_arrays, prefixed, save_arrays
+from ..model import VisionTransformer
+
+# model keywords that may differ between a checkpoint and the run resuming it
+_FREE_MODEL_KEYS = ("backend", "seed")
+# training settings that decide the data order and the schedule, so they cannot change on resume
+# (nor can the dataset or the number of training images)
+_FIXED_TRAIN_KEYS = ("batch_size",)
+_STATE_KEYS = ("config", "train", "dataset", "data", "epoch", "step", "epoch_step", "partial", "elapsed",
+               "history", "rng")
+
+
+@dataclass
+class TrainState:
+    """Where a run stands, besides the weights and the optimizer."""
+
+    data_rng: np.random.Generator    # sample order and augmentation
+    epoch: int = 0                   # completed epochs
+    step: int = 0                    # optimizer steps taken
+    epoch_step: int = 0              # steps into the unfinished epoch (non-zero only after Ctrl-C)
+    order: np.ndarray | None = None  # (N,) sample order of the unfinished epoch
+    partial: dict | None = None      # that epoch's running sums: loss_sum, correct, seen, seconds
+    elapsed: float = 0.0             # seconds of training, summed over sessions
+    history: list = field(default_factory=list)
+
+
+def derived_seed(*parts):
+    """An int seed from a tuple of ints (e.g. (seed, stream, epoch)), independent per tuple."""
+    return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
+
+
+def _stochastic(model):
+    return [m for m in model.modules() if hasattr(m, "rng")]
+
+
+def save_checkpoint(path, model, optimizer, state, run_meta):
+    """Write the full training state to ``path``; ``run_meta`` holds config/train/dataset."""
+    arrays = {f"model.{name}": value for name, value in model.state_dict().items()}
+    arrays.update({f"optim.{name}": value for name, value in optimizer.state_dict().items()})
+    if state.order is not None:
+        arrays["train.order"] = state.order
+    dropout = [m.rng.bit_generator.state for m in _stochastic(model)] if model.xp is np else None
+    save_arrays(path, arrays, dict(
+        run_meta, epoch=state.epoch, step=state.step, epoch_step=state.epoch_step, partial=state.partial,
+        elapsed=state.elapsed, history=state.history,
+        rng={"data": state.data_rng.bit_generator.state, "dropout": dropout}))
+
+
+def load_checkpoint(path, model, optimizer, run_meta):
+    """Load a checkpoint written by ``save_checkpoint`` into ``model`` and ``optimizer``.
+
+    Returns (TrainState, notes): notes list the training settings that differ from the
+    checkpoint's (allowed, but the run is then no longer the one that was interrupted).
+    Raises CheckpointError for an unreadable file, a weights-only file, another model
+    architecture, another dataset, or another batch size / training-set size.
+    """
+    arrays, meta = load_arrays(path)
+    missing = [key for key in _STATE_KEYS if key not in meta]
+    if missing:
+        raise CheckpointError(f"{path} holds no training state (missing {', '.join(missing)}): it can be "
+                              "loaded with numpyvit.io.load_model, but not resumed")
+    if meta["epoch_step"] and "train.order" not in arrays:
+        raise CheckpointError(f"{path} stops mid-epoch but lacks that epoch's sample order (train.order)")
+    _check_same_run(path, meta, run_meta)
+    try:
+        model.load_state_dict(prefixed(arrays, "model"))
+        optimizer.load_state_dict(prefixed(arrays, "optim"))
+    except ValueError as err:
+        raise CheckpointError(f"{path}: {err}") from err
+
+    data_rng = np.random.default_rng()
+    data_rng.bit_generator.state = meta["rng"]["data"]
+    stochastic, dropout = _stochastic(model), meta["rng"]["dropout"]
+    notes = [f"{key}: {meta['train'][key]!r} in the checkpoint, now {value!r}"
+             for key, value in run_meta["train"].items() if meta["train"].get(key) != value]
+    if meta["epoch_step"]:
+        if model.xp is np and dropout is not None and len(dropout) == len(stochastic):
+            for module, rng_state in zip(stochastic, dropout):
+                module.rng.bit_generator.state = rng_state
+        else:  # CuPy generators cannot be saved: new masks for the rest of this epoch
+            model.seed(derived_seed(run_meta["train"]["seed"], 3, meta["step"]))
+            notes.append("dropout masks for the rest of this epoch differ from the interrupted run's "
+                         "(CuPy generator states are not saved)")
+    state = TrainState(data_rng=data_rng, epoch=meta["epoch"], step=meta["step"], epoch_step=meta["epoch_step"],
+                       order=arrays.get("train.order"), partial=meta["partial"], elapsed=meta["elapsed"],
+                       history=meta["history"])
+    return state, notes
+
+
+def _check_same_run(path, meta, run_meta):
+    """CheckpointError naming every difference that makes ``meta``'s run not this one."""
+    saved, now = meta["config"], run_meta["config"]
+    problems = [f"{key} {saved.get(key)!r} (checkpoint) vs {now.get(key)!r} (this model)"
+                for key in sorted(set(saved) | set(now))
+                if key not in _FREE_MODEL_KEYS and saved.get(key) != now.get(key)]
+    if problems:
+        raise CheckpointError(f"{path} is a checkpoint of another model architecture: " + "; ".join(problems)
+                              + ". Build the model with the checkpoint's settings, or train into another folder")
+    if meta["dataset"] != run_meta["dataset"]:
+        problems.append(f"dataset {meta['dataset']!r} (checkpoint) vs {run_meta['dataset']!r} (now)")
+    if meta["data"]["train_size"] != run_meta["data"]["train_size"]:
+        problems.append(f"{meta['data']['train_size']} training images (checkpoint) vs "
+                        f"{run_meta['data']['train_size']} (now)")
+    for key in _FIXED_TRAIN_KEYS:
+        if meta["train"].get(key) != run_meta["train"][key]:
+            problems.append(f"{key} {meta['train'].get(key)!r} (checkpoint) vs {run_meta['train'][key]!r} (now)")
+    if problems:
+        raise CheckpointError(f"{path} cannot be resumed with these settings: " + "; ".join(problems)
+                              + " (the data order and the schedule depend on them)")
+
+
+def load_trained_model(path, backend=None):
+    """(model in eval mode, meta) from a checkpoint or weights file, read once; ``backend``
+    overrides the saved one (e.g. to evaluate a GPU-trained model on the CPU)."""
+    arrays, meta = load_arrays(path)
+    if "config" not in meta:
+        raise CheckpointError(f"{path} has no model config in its metadata")
+    config = dict(meta["config"], **({} if backend is None else {"backend": backend}))
+    try:
+        model = VisionTransformer(**config)
+        model.load_state_dict(prefixed(arrays, "model"))
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{path}: {err}") from err
+    return model.eval(), meta

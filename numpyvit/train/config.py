@@ -1,0 +1,112 @@
+"""Training settings (``TrainConfig``) and named recipes (model preset + training settings).
+
+    config = TrainConfig(epochs=20, lr=5e-4)          # anything left out keeps its default
+    r = recipe("mnist_long")                           # {"preset", "model", "train", "backend"}
+    model = create_model(r["preset"], **r["model"])
+    fit(model, dataset, r["train"], "runs/long")
+
+``TrainConfig()`` *is* the "default" recipe's training half: tune the defaults here.
+"""
+import dataclasses
+import difflib
+from dataclasses import dataclass
+
+
+@dataclass
+class TrainConfig:
+    """Everything ``fit`` needs besides the model and the data (JSON-able via ``to_dict``).
+
+    epochs, batch_size      passes over the training set; images per optimizer step (the last
+                            partial batch of an epoch is dropped, so every step sees batch_size)
+    lr, min_lr              peak learning rate; the cosine schedule ends at min_lr
+    warmup_epochs           linear warmup from ~0 to lr over this many epochs (may be fractional)
+    weight_decay            AdamW's decoupled decay (not applied to biases, norms, embeddings)
+    label_smoothing         eps of the smoothed cross-entropy target
+    clip_norm               clip the global gradient norm to this (None: no clipping)
+    augment                 RandomAffine on the training images: shifts up to +-max_translate
+                            pixels, rotations up to +-max_rotate degrees, zoom in ``scale``
+    eval_batch_size         images per forward pass when evaluating
+    seed                    seeds the data order, the augmentation and the dropout masks
+    log_every               steps between progress updates (each reads the loss from the device)
+    limit_train             train on the first N training images only (quick runs, CI); None: all
+    """
+
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    min_lr: float = 1e-5
+    warmup_epochs: float = 1.0
+    weight_decay: float = 0.05
+    label_smoothing: float = 0.1
+    clip_norm: float | None = 1.0
+    augment: bool = True
+    max_translate: float = 2.0
+    max_rotate: float = 10.0
+    scale: tuple = (0.9, 1.1)
+    eval_batch_size: int = 500
+    seed: int = 0
+    log_every: int = 20
+    limit_train: int | None = None
+
+    def __post_init__(self):
+        self.scale = tuple(float(s) for s in self.scale)         # JSON gives a list back
+        for name in ("epochs", "batch_size", "eval_batch_size", "log_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"TrainConfig.{name} must be a positive integer, got {value!r}")
+        if self.limit_train is not None and (not isinstance(self.limit_train, int) or self.limit_train < 1):
+            raise ValueError(f"TrainConfig.limit_train must be a positive integer or None, "
+                             f"got {self.limit_train!r}")
+        if not 0 < self.lr or not 0 <= self.min_lr <= self.lr:
+            raise ValueError(f"need 0 < lr and 0 <= min_lr <= lr, got lr={self.lr}, min_lr={self.min_lr}")
+        if self.warmup_epochs < 0 or self.weight_decay < 0:
+            raise ValueError(f"warmup_epochs and weight_decay must be >= 0, got {self.warmup_epochs} "
+                             f"and {self.weight_decay}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.clip_norm is not None and not self.clip_norm > 0:
+            raise ValueError(f"clip_norm must be > 0 or None (no clipping), got {self.clip_norm}")
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values):
+        """A TrainConfig from ``to_dict``'s output (e.g. a checkpoint's), refusing unknown keys."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown training settings: {', '.join(unknown)}")
+        return cls(**values)
+
+
+# A recipe is a model preset (+ overrides of its keywords) and the training settings that go
+# with it; "backend" is the backend it is meant for (None: $NUMPYVIT_BACKEND, else numpy).
+# Values are starting points, to be tuned by full runs.
+RECIPES = {
+    # what `demos/train_mnist.py` runs with no flags: the quick CPU run
+    "default": dict(preset="mnist_tiny", model={}, train={}, backend=None),
+    # .ci/run: a short run on the real MNIST files that must reach 90% test accuracy
+    "ci": dict(preset="mnist_tiny", model={},
+               train=dict(epochs=3, lr=2e-3, warmup_epochs=0.3, augment=False, eval_batch_size=1000),
+               backend=None),
+    # a longer CPU run with 49 patches of 4x4 and stochastic depth
+    "mnist_long": dict(preset="mnist_small", model=dict(drop_path_rate=0.1),
+                       train=dict(epochs=40, warmup_epochs=3, min_lr=1e-6), backend=None),
+    # the big model, on a GPU
+    "gpu": dict(preset="mnist_large", model=dict(drop_path_rate=0.1),
+                train=dict(epochs=60, batch_size=256, lr=1e-3, warmup_epochs=5, min_lr=1e-6,
+                           eval_batch_size=2000, log_every=50),
+                backend="cupy"),
+}
+
+
+def recipe(name):
+    """{"preset": str, "model": {overrides}, "train": TrainConfig, "backend": str or None}."""
+    if name not in RECIPES:
+        close = difflib.get_close_matches(name, RECIPES, n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(f"unknown recipe {name!r}.{hint} Available: {', '.join(RECIPES)}")
+    entry = RECIPES[name]
+    return dict(preset=entry["preset"], model=dict(entry["model"]), train=TrainConfig(**entry["train"]),
+                backend=entry["backend"])

@@ -1,0 +1,34 @@
+"""``history.json``: the per-epoch metrics of a run (``curves.png`` plots them, with
+``numpyvit.viz.plot_training_curves``).
+
+    {"config": {"model": {...}, "train": {...}, "dataset": "mnist", "data": {...}},
+     "epochs": [{"epoch": 1, "train_loss": ..., "train_acc": ..., "test_loss": ..., "test_acc": ...,
+                 "lr": ..., "time": ..., "images_per_sec": ...}, ...]}
+Accuracies are fractions in [0, 1]; ``lr`` is the rate of the epoch's last step; ``time`` is the
+seconds since training began, summed over resumed sessions; ``images_per_sec`` counts training
+steps only. train_* are running means over the epoch (with dropout and augmentation on);
+test_loss uses the training label smoothing, so the two losses are comparable. config: the
+model's keywords, the TrainConfig, the dataset name, and "data": the training/test set sizes,
+the normalization mean/std and the class names.
+"""
+import json
+import os
+from pathlib import Path
+
+HISTORY_NAME = "history.json"
+CURVES_NAME = "curves.png"
+
+
+def write_history(path, history):
+    """Write ``history`` as JSON to ``path`` atomically (temporary file, then rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w") as f:
+            json.dump(history, f, indent=1)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,209 @@
+"""``fit``: the training loop. One step, for a batch x (B, C, H, W), labels y (B,):
+
+    lr    = warmup_cosine(step)                 linear warmup, then cosine decay to min_lr
+    loss  = CE_smoothed(model(x), y)            forward, label-smoothed cross-entropy
+    grads = model.backward(dloss)               after optimizer.zero_grad() (one fill per group)
+    clip_grad_norm(optimizer, clip_norm);  optimizer.step()        AdamW
+
+Loss and correct counts are summed on the device and read every ``log_every`` steps (the
+only host-device syncs in the loop), which also catches a non-finite loss early. Each epoch
+ends with an evaluation on the test set, a checkpoint, and ``history.json``; the run ends
+with ``curves.png``.
+
+Randomness: the sample order and the augmentation come from one NumPy generator whose state
+is checkpointed; at the start of epoch e the dropout generators are re-seeded from
+(seed, e). On NumPy, resuming is bit-exact: 2 epochs, stop, resume for 2 more gives the
+weights of an uninterrupted 4-epoch run, also from a mid-epoch checkpoint. On CuPy it is
+exact from an epoch-end checkpoint up to the GPU's arithmetic; from a mid-epoch checkpoint
+the rest of that epoch gets new dropout masks (CuPy generator states cannot be saved).
+
+How a run stops early (Ctrl-C, a non-finite loss) and what it leaves: see ``stops.py``.
+"""
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..data import RandomAffine, iterate_batches
+from ..io import CHECKPOINT_NAME
+from ..losses import CrossEntropyLoss
+from ..optim import AdamW, clip_grad_norm, warmup_cosine
+from .checkpoint import TrainState, derived_seed, load_checkpoint, save_checkpoint
+from .config import TrainConfig
+from .history import CURVES_NAME, HISTORY_NAME, write_history
+from .metrics import evaluate
+from .progress import Progress
+from .stops import CtrlC, NonFiniteLossError, TrainingError, TrainingInterrupted, resume_hint
+
+
+_STDERR = object()  # log's default: sys.stderr as it is at call time (tests and tools swap it)
+
+
+def fit(model, dataset, config, out_dir, *, resume=False, log=_STDERR):
+    """Train ``model`` on ``dataset`` (a ``numpyvit.data.Dataset``) with ``config`` (a TrainConfig;
+    None: the defaults), writing checkpoint.npz, history.json and curves.png into ``out_dir``.
+
+    ``resume=True`` continues the run saved in ``out_dir`` (the model must have the checkpoint's
+    architecture); without it, an existing checkpoint there is an error rather than overwritten.
+    Progress goes to ``log``, a text stream (default sys.stderr; None: silent).
+    Returns the history, {"config": ..., "epochs": [...]} as in history.json.
+    Raises NonFiniteLossError, TrainingInterrupted (Ctrl-C), TrainingError, CheckpointError.
+    """
+    config = config or TrainConfig()
+    out_dir = Path(out_dir)
+    path = out_dir / CHECKPOINT_NAME
+    train_images = dataset.train_images[:config.limit_train]               # all of them if None
+    train_labels = dataset.train_labels[:config.limit_train]
+    n, B = len(train_images), config.batch_size
+    steps_per_epoch = n // B
+    if steps_per_epoch == 0:
+        raise ValueError(f"batch_size {B} is larger than the training set ({n} images)")
+    run_meta = json.loads(json.dumps(dict(        # JSON round trip: compares equal to a loaded one
+        config=model.config, train=config.to_dict(), dataset=dataset.name,
+        data=dict(train_size=n, test_size=len(dataset.test_labels), mean=dataset.mean, std=dataset.std,
+                  classes=list(dataset.classes)))))
+    optimizer = AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    progress = Progress(sys.stderr if log is _STDERR else log, config.epochs)
+    if resume:
+        state, notes = load_checkpoint(path, model, optimizer, run_meta)
+        where = f"epoch {state.epoch}" + (f", step {state.epoch_step}/{steps_per_epoch} of epoch "
+                                          f"{state.epoch + 1}" if state.epoch_step else "")
+        progress.note(f"resuming {path} after {where}" + "".join(f"\n  changed: {note}" for note in notes))
+    elif path.exists():
+        raise TrainingError(f"{out_dir} already holds a checkpoint: resume it (resume=True, --resume), "
+                            "or train into another folder")
+    else:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        state = TrainState(data_rng=np.random.default_rng([config.seed, 1]))
+
+    loop = _Loop(model, dataset, config, train_images, train_labels, optimizer, run_meta, path, progress)
+    history = dict(config=dict(model=run_meta["config"], train=run_meta["train"], dataset=run_meta["dataset"],
+                               data=run_meta["data"]), epochs=state.history)
+    try:
+        with CtrlC() as ctrl_c, np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            while state.epoch < config.epochs:
+                if ctrl_c.requested:                     # pressed during an evaluation or a save
+                    raise TrainingInterrupted(resume_hint(path, state), path)
+                loop.epoch(state, ctrl_c)
+                write_history(out_dir / HISTORY_NAME, history)
+                progress.epoch(state.history[-1], loop.eta(state))
+    except KeyboardInterrupt as err:
+        if isinstance(err, TrainingInterrupted):
+            raise
+        raise TrainingInterrupted(resume_hint(path, None), path if path.exists() else None) from None
+    finally:
+        if state.history:
+            _plot_curves(history, out_dir / CURVES_NAME, progress)
+    return history
+
+
+def _plot_curves(history, path, progress):
+    """curves.png; a plot that cannot be drawn is a note, never the end of a run."""
+    try:
+        from ..viz import plot_training_curves
+        plot_training_curves(history, path)
+    except ImportError:
+        progress.note(f"matplotlib is not installed: no {path.name} (pip install matplotlib)")
+    except Exception as err:  # noqa: BLE001 -- it runs in a finally: it must not hide the real outcome
+        progress.note(f"could not draw {path} ({type(err).__name__}: {err})")
+
+
+class _Loop:
+    """The per-epoch work of ``fit``, with the run's fixed pieces (model, data, optimizer, ...)."""
+
+    def __init__(self, model, dataset, config, images, labels, optimizer, run_meta, path, progress):
+        self.model, self.dataset, self.config = model, dataset, config
+        self.images, self.labels, self.optimizer = images, labels, optimizer
+        self.run_meta, self.path, self.progress = run_meta, path, progress
+        self.steps_per_epoch = len(images) // config.batch_size
+        self.total_steps = config.epochs * self.steps_per_epoch
+        self.warmup_steps = round(config.warmup_epochs * self.steps_per_epoch)
+        self.criterion = CrossEntropyLoss(config.label_smoothing)
+        self.augment = None
+        if config.augment:
+            self.augment = RandomAffine(max_translate=config.max_translate, max_rotate=config.max_rotate,
+                                        scale=config.scale, fill=(0 - dataset.mean) / dataset.std)
+        self.session_start = time.perf_counter()
+        self.session_steps = 0
+
+    def eta(self, state):
+        done = self.session_steps
+        seconds = (time.perf_counter() - self.session_start) / done if done else math.nan
+        return seconds * (self.total_steps - state.step)
+
+    def epoch(self, state, ctrl_c):
+        """Train one epoch (or the rest of one), evaluate, checkpoint; checkpoint and raise
+        TrainingInterrupted instead when Ctrl-C stops it midway."""
+        model, config, xp, B = self.model, self.config, self.model.xp, self.config.batch_size
+        epoch, epoch_start, elapsed_at_start = state.epoch + 1, time.perf_counter(), state.elapsed
+        if state.epoch_step == 0:
+            model.seed(derived_seed(config.seed, 2, epoch))                 # this epoch's dropout masks
+            state.order = state.data_rng.permutation(len(self.images))   # (N,) this epoch's order
+            state.partial = dict(loss_sum=0.0, correct=0, seen=0, seconds=0.0)
+        start = state.epoch_step * B
+        order = state.order[start:self.steps_per_epoch * B]             # the batches still to do
+        batches = iterate_batches(self.images[order], self.labels[order], B, shuffle=False,
+                                  rng=state.data_rng, augment=self.augment, mean=self.dataset.mean,
+                                  std=self.dataset.std, xp=xp)
+        loss_sum, correct = xp.asarray(state.partial["loss_sum"]), xp.asarray(state.partial["correct"])
+        seen, t0 = state.partial["seen"], time.perf_counter()
+        model.train()
+        for x, y in batches:
+            self.optimizer.lr = warmup_cosine(state.step, self.total_steps, config.lr, self.warmup_steps,
+                                              config.min_lr)
+            logits = model(x)                                            # (B, K)
+            loss = self.criterion.forward(logits, y)
+            self.optimizer.zero_grad()
+            model.backward(self.criterion.backward())
+            if config.clip_norm is not None:
+                clip_grad_norm(self.optimizer, config.clip_norm)
+            self.optimizer.step()
+            loss_sum += loss * B                                         # device sums: no sync
+            correct += (logits.argmax(axis=1) == y).sum()
+            seen, state.step, state.epoch_step, self.session_steps = (seen + B, state.step + 1,
+                                                                      state.epoch_step + 1, self.session_steps + 1)
+            if state.epoch_step % config.log_every == 0:
+                train_loss = self._finite(float(loss_sum) / seen, "training", state)
+                self.progress.step(epoch, state.epoch_step, self.steps_per_epoch, train_loss, int(correct) / seen,
+                                   (seen - state.partial["seen"]) / (time.perf_counter() - t0), self.optimizer.lr,
+                                   self.eta(state))
+            if ctrl_c.requested:
+                break
+        seconds = state.partial["seconds"] + time.perf_counter() - t0
+        state.partial = dict(loss_sum=float(loss_sum), correct=int(correct), seen=seen, seconds=seconds)
+        train_loss = self._finite(state.partial["loss_sum"] / seen, "training", state)
+        if state.epoch_step < self.steps_per_epoch:                      # Ctrl-C mid-epoch
+            state.elapsed = elapsed_at_start + time.perf_counter() - epoch_start
+            self._save(state)
+            raise TrainingInterrupted(resume_hint(self.path, state), self.path)
+
+        result = evaluate(model, self.dataset.test_images, self.dataset.test_labels, mean=self.dataset.mean,
+                          std=self.dataset.std, batch_size=config.eval_batch_size,
+                          label_smoothing=config.label_smoothing)
+        self._finite(result.loss, "test", state)
+        state.elapsed = elapsed_at_start + time.perf_counter() - epoch_start
+        state.history.append(dict(
+            epoch=epoch, train_loss=train_loss, train_acc=state.partial["correct"] / seen, test_loss=result.loss,
+            test_acc=result.accuracy, lr=self.optimizer.lr, time=state.elapsed, images_per_sec=seen / seconds))
+        state.epoch, state.epoch_step, state.order, state.partial = epoch, 0, None, None
+        self._save(state)
+
+    def _finite(self, loss, which, state):
+        if not math.isfinite(loss):
+            kept = (f"the last good checkpoint, {self.path}, is kept" if self.path.exists()
+                    else "no checkpoint was written yet")
+            raise NonFiniteLossError(
+                f"the {which} loss became {loss} in epoch {state.epoch + 1} (by step {state.step}); training "
+                f"stopped and {kept}. Lower the learning rate (now {self.config.lr}) or clip gradients harder "
+                f"(clip_norm {self.config.clip_norm})")
+        return loss
+
+    def _save(self, state):
+        try:
+            save_checkpoint(self.path, self.model, self.optimizer, state, self.run_meta)
+        except OSError as err:
+            raise TrainingError(f"could not write {self.path} ({type(err).__name__}: {err}); the previous "
+                                "checkpoint, if any, is intact") from err

@@ -1,0 +1,151 @@
+"""The demos end to end, on a tiny synthetic dataset (``load_dataset`` is replaced: no files, no network)."""
+import importlib.util
+import json
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import numpyvit.data
+from test_train import tiny_dataset
+
+DEMOS = Path(__file__).resolve().parents[1] / "demos"
+TINY = ["--embed-dim", "16", "--depth", "1", "--num-heads", "2", "--batch-size", "16"]
+
+
+def demo(name):
+    spec = importlib.util.spec_from_file_location(f"demo_{name}", DEMOS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    def no_network(url, *args, **kwargs):
+        raise AssertionError(f"a test tried to open {url}")
+
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+
+
+@pytest.fixture
+def synthetic(monkeypatch):
+    """load_dataset returns the tiny set (named as asked) and records what it was asked for."""
+    asked = []
+
+    def load_dataset(name, data_dir=None, download=True):
+        asked.append(name)
+        ds = tiny_dataset()
+        ds.name = name
+        return ds
+
+    monkeypatch.setattr(numpyvit.data, "load_dataset", load_dataset)
+    return asked
+
+
+@pytest.fixture
+def trained(tmp_path, synthetic):
+    out = tmp_path / "run"
+    assert demo("train_mnist").main(["--epochs", "2", "--out", str(out), *TINY]) == 0
+    return out
+
+
+def test_train_mnist_end_to_end(tmp_path, synthetic, capsys):
+    trained = tmp_path / "run"
+    assert demo("train_mnist").main(["--epochs", "2", "--out", str(trained), *TINY]) == 0
+    out = capsys.readouterr().out
+    assert synthetic == ["mnist"]
+    assert "64 training / 32 test images" in out and '"embed_dim": 16' in out and '"epochs": 2' in out
+    assert "test accuracy" in out.splitlines()[-2] and "after 2 epochs" in out
+    assert str(trained / "checkpoint.npz") in out and str(trained / "curves.png") in out
+    history = json.loads((trained / "history.json").read_text())
+    assert len(history["epochs"]) == 2 and history["config"]["model"]["depth"] == 1
+
+
+def test_train_mnist_resume_continues_with_the_checkpoint_settings(trained, capsys):
+    train = demo("train_mnist")
+    assert train.main(["--out", str(trained), "--resume", "--epochs", "3"]) == 0
+    history = json.loads((trained / "history.json").read_text())
+    assert [r["epoch"] for r in history["epochs"]] == [1, 2, 3]
+    assert history["config"]["model"]["embed_dim"] == 16 and history["config"]["train"]["batch_size"] == 16
+    capsys.readouterr()
+    assert train.main(["--out", str(trained), "--resume", "--embed-dim", "32"]) == 1
+    assert "embed_dim 16 (checkpoint) vs 32" in capsys.readouterr().err
+    assert train.main(["--out", str(trained), *TINY]) == 1                # would overwrite the run
+    assert "already holds a checkpoint" in capsys.readouterr().err
+
+
+def test_train_mnist_ctrl_c_exits_130_with_a_resumable_checkpoint(tmp_path, synthetic, monkeypatch, capsys):
+    train = demo("train_mnist")
+    fit = train.fit
+
+    def fit_then_ctrl_c(model, *args, **kwargs):
+        calls, forward = [0], model.forward
+
+        def forward_then_ctrl_c(x):
+            calls[0] += model.training
+            if calls[0] == 6 and model.training:            # epoch 2, step 2
+                raise KeyboardInterrupt
+            return forward(x)
+
+        model.forward = forward_then_ctrl_c
+        return fit(model, *args, **kwargs)
+
+    monkeypatch.setattr(train, "fit", fit_then_ctrl_c)
+    assert train.main(["--epochs", "2", "--out", str(tmp_path), *TINY]) == 130
+    assert "resume with --resume" in capsys.readouterr().err
+    monkeypatch.setattr(train, "fit", fit)
+    assert train.main(["--out", str(tmp_path), "--resume"]) == 0
+
+
+def test_train_mnist_clear_errors(tmp_path, synthetic, capsys):
+    train = demo("train_mnist")
+    assert train.main(["--out", str(tmp_path), "--resume"]) == 1
+    assert "no checkpoint at" in capsys.readouterr().err
+    assert train.main(["--out", str(tmp_path), "--preset", "mnist_tinyy"]) == 1
+    assert "Did you mean mnist_tiny" in capsys.readouterr().err
+    assert train.main(["--out", str(tmp_path), "--resume", "--preset", "mnist_small"]) == 1
+    assert "--preset start a new run" in capsys.readouterr().err
+
+
+def test_evaluate_prints_accuracy_and_confusion_matrix(trained, synthetic, capsys):
+    capsys.readouterr()
+    assert demo("evaluate").main(["--checkpoint", str(trained)]) == 0
+    out = capsys.readouterr().out
+    assert synthetic[-1] == "mnist"                        # the dataset named in the checkpoint
+    assert "test accuracy" in out and "/32)" in out and "epoch 2" in out
+    table = out[out.index("true\\pred"):].splitlines()
+    assert table[0].split()[1:11] == [str(k) for k in range(10)]
+    counts = np.array([[int(n) for n in line.split()[1:11]] for line in table[1:11]])
+    assert counts.sum() == 32
+    assert (counts.sum(axis=1) == np.bincount(tiny_dataset().test_labels, minlength=10)).all()
+
+
+def test_evaluate_refuses_a_broken_checkpoint(tmp_path, capsys):
+    (tmp_path / "checkpoint.npz").write_bytes(b"PK\x03\x04 not really")
+    assert demo("evaluate").main(["--checkpoint", str(tmp_path)]) == 1
+    assert "corrupt or truncated" in capsys.readouterr().err
+
+
+def test_predict_reads_rgb_wrong_size_light_background(trained, tmp_path, capsys):
+    from matplotlib.figure import Figure
+
+    image = np.ones((90, 60, 3))                           # white paper, 3:2, RGB
+    image[20:70, 25:35] = (0.1, 0.1, 0.3)                  # a dark-blue stroke
+    fig = Figure(figsize=(0.6, 0.9), dpi=100)
+    fig.figimage(image)
+    fig.savefig(tmp_path / "digit.png")
+    (tmp_path / "notes.png").write_text("not an image")
+    (tmp_path / "notes.txt").write_text("not an image")
+    capsys.readouterr()
+    files = [str(tmp_path / name) for name in ("digit.png", "notes.png", "notes.txt")]
+    code = demo("predict").main([*files, "--checkpoint", str(trained)])
+    captured = capsys.readouterr()
+    assert code == 1                                       # some files could not be read
+    errors = captured.err.splitlines()
+    assert errors[0].startswith(f"error: {files[1]} could not be read as an image")
+    assert errors[1].startswith(f"error: {files[2]}: unsupported image type '.txt'") and len(errors) == 2
+    line = captured.out.strip()
+    assert line.startswith(f"{tmp_path / 'digit.png'}: ") and line.endswith("[inverted: dark on light]")
+    assert 0 < float(line.split("probability ")[1].split(")")[0]) <= 1
