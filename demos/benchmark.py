@@ -111,19 +111,26 @@ def synchronizer(backend):
     return sync
 
 
-def time_alternately(steps, warmup, repeats, sync):
-    """{name: median seconds}, running each step in turn so noise hits all alike."""
+def time_alternately(steps, warmup, repeats, sync, block=3, settle=0.3):
+    """{name: median seconds per step}. The frameworks take turns, ``block`` timed steps each
+    per round (after one untimed step), so machine noise hits all alike; before each turn the
+    machine idles ``settle`` seconds, because BLAS and OpenMP worker threads keep spinning for
+    a while after a call and would otherwise slow whoever runs next."""
     for step in steps.values():
         for _ in range(warmup):
             step()
         sync()
     times = {name: [] for name in steps}
-    for _ in range(repeats):
+    for _ in range(max(1, repeats // block)):
         for name, step in steps.items():
-            start = time.perf_counter()
+            time.sleep(settle)
             step()
             sync()
-            times[name].append(time.perf_counter() - start)
+            for _ in range(block):
+                start = time.perf_counter()
+                step()
+                sync()
+                times[name].append(time.perf_counter() - start)
     return {name: float(np.median(t)) for name, t in times.items()}
 
 
@@ -268,7 +275,7 @@ def scaling_table(args):
         x = rng.standard_normal((128, 1, 28, 28)).astype(np.float32)
         y = rng.integers(0, 10, 128)
         seconds = time_alternately({"s": numpyvit_step(model, x, y, True)}, 2, max(3, args.repeats // 2),
-                                   synchronizer(args.backend))["s"]
+                                   synchronizer(args.backend), settle=0)["s"]
         flops = matmul_flops(model, 128, True)
         print(f"{what + '=' + str(value):<16}{model.patch_embed.num_patches + 1:>7}{model.embed_dim:>6}"
               f"{len(model.blocks):>6}{seconds * 1e3:>9.1f}{flops / 128 / 3 / 1e6:>11.1f}"

@@ -66,3 +66,33 @@ def array_module(x):
 def to_numpy(x):
     """A NumPy copy-or-view of a NumPy or CuPy array (moves GPU data to the host)."""
     return x.get() if array_module(x) is not np else np.asarray(x)
+
+
+_allocator_tuned = False
+
+
+def tune_allocator():
+    """Ask glibc's malloc to keep freed memory for reuse instead of giving it back to the OS.
+
+    A training step allocates and frees hundreds of MB of activations. By default glibc
+    returns large blocks to the operating system (munmap, heap trimming) and takes them back
+    on the next step, and every fresh 4 KB page costs a page fault plus zeroing: about 45,000
+    faults and a third of the step time for mnist_small on the CPU. With blocks up to 32 MB
+    served from the heap and the heap trimmed only above 1 GB of free space, the same memory
+    is reused; peak memory is unchanged. Called when a NumPy-backend model is built. Linux
+    with glibc only (elsewhere nothing happens); ``NUMPYVIT_MALLOC_TUNING=0`` turns it off.
+    """
+    global _allocator_tuned
+    if _allocator_tuned or os.environ.get("NUMPYVIT_MALLOC_TUNING", "1") == "0":
+        return
+    _allocator_tuned = True
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):                                # not glibc
+        return
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    mallopt(M_MMAP_THRESHOLD, 32 * 2**20)
+    mallopt(M_TRIM_THRESHOLD, 2**30)

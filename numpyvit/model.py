@@ -14,7 +14,7 @@ backward runs the same stages in reverse, each returning the gradient of its inp
 """
 import numpy as np
 
-from .backend import array_module, backend_name, get_xp
+from .backend import array_module, backend_name, get_xp, tune_allocator
 from .layers import (Attention, ClassToken, DropPath, Dropout, GlobalPool, LayerNorm,
                      LearnedPositionEmbedding, LearnedPositionEmbedding2D, Module, Mlp,
                      PatchEmbed, SinCosPositionEmbedding2D, Linear)
@@ -92,6 +92,8 @@ class VisionTransformer(Module):
             if not isinstance(self.config[name], (int, np.integer)) or self.config[name] < 1:
                 raise ValueError(f"{name} must be a positive integer, got {self.config[name]!r}")
         self.xp = xp = get_xp(backend)
+        if xp is np:
+            tune_allocator()
         self.dtype = dtype = np.dtype(dtype)
         self.num_classes, self.embed_dim, self.global_pool = num_classes, embed_dim, global_pool
         rng = np.random.default_rng(seed)

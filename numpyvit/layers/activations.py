@@ -5,7 +5,8 @@ Shapes: x, y any shape (here (B, N, hidden) inside the MLP).
 Every activation here is y = f(x) applied elementwise, so its backward is
     dx = dy * f'(x).
 Forward computes f'(x) while the values it is made of are at hand (in training mode
-only) and caches that one array; backward is then a single multiply.
+only) and caches that one array; backward is then a single multiply. Forward runs on
+pieces of rows in parallel (numpyvit.parallel), writing into preallocated outputs.
 
 GELU (exact):  f(x) = x * Phi(x),  Phi(x) = (1 + erf(x / sqrt 2)) / 2   (normal CDF)
                f'(x) = Phi(x) + x * phi(x),  phi(x) = exp(-x^2 / 2) / sqrt(2 pi)   (normal PDF)
@@ -17,6 +18,7 @@ import abc
 import math
 
 from ..backend import array_module
+from ..parallel import map_rows
 from ..special import erf
 from .base import Module
 
@@ -29,8 +31,16 @@ TANH_CUBIC = 0.044715
 class Activation(Module, abc.ABC):
     """y = f(x); backward dx = dy * f'(x), with f'(x) computed in forward."""
 
+    slope_dtype = None                                               # None: x's dtype
+
     def forward(self, x):
-        y, slope = self.value_and_slope(x, need_slope=self.training)
+        xp = array_module(x)
+        y = xp.empty_like(x)
+        slope = xp.empty(x.shape, dtype=self.slope_dtype or x.dtype) if self.training else None
+        x2, y2 = x.reshape(-1, x.shape[-1]), y.reshape(-1, x.shape[-1])       # (M, n) views
+        s2 = None if slope is None else slope.reshape(x2.shape)
+        map_rows(lambda r: self.evaluate(x2[r], y2[r], None if s2 is None else s2[r]),
+                 x2.shape[0], x2.shape[1] * x.itemsize, xp)
         self._save_for_backward(slope)
         return y
 
@@ -39,51 +49,53 @@ class Activation(Module, abc.ABC):
         return dy * slope
 
     @abc.abstractmethod
-    def value_and_slope(self, x, need_slope):
-        """(f(x), f'(x) or None)."""
+    def evaluate(self, x, y, slope):
+        """Write f(x) into y and, unless slope is None, f'(x) into slope."""
 
 
 class GELU(Activation):
     """Exact GELU, x * Phi(x) with the erf-based normal CDF (PyTorch's default)."""
 
-    def value_and_slope(self, x, need_slope):
-        xp = array_module(x)
-        cdf = erf(x * x.dtype.type(SQRT_HALF))                      # erf(x / sqrt 2)
-        cdf += 1
-        cdf *= 0.5                                                  # Phi(x)
-        y = x * cdf
-        if not need_slope:
-            return y, None
-        slope = xp.exp(x * x * x.dtype.type(-0.5))
-        slope *= x.dtype.type(INV_SQRT_2PI)                         # phi(x)
-        slope *= x
-        slope += cdf                                                # Phi(x) + x phi(x)
-        return y, slope
+    def evaluate(self, x, y, slope):
+        xp, c = array_module(x), x.dtype.type
+        erf(x * c(SQRT_HALF), out=y)                                 # erf(x / sqrt 2)
+        y += 1
+        y *= 0.5                                                     # Phi(x)
+        if slope is not None:
+            xp.multiply(x, x, out=slope)
+            slope *= c(-0.5)
+            xp.exp(slope, out=slope)
+            slope *= c(INV_SQRT_2PI)                                 # phi(x)
+            slope *= x
+            slope += y                                               # Phi(x) + x phi(x)
+        y *= x
 
 
 class GELUTanh(Activation):
     """GELU with the tanh approximation (timm's 'gelu_tanh', the original BERT/GPT-2 form)."""
 
-    def value_and_slope(self, x, need_slope):
-        xp = array_module(x)
-        c = x.dtype.type(SQRT_2_OVER_PI)
+    def evaluate(self, x, y, slope):
+        xp, c = array_module(x), x.dtype.type
         x2 = x * x
-        t = xp.tanh(c * x * (1 + TANH_CUBIC * x2))                 # tanh(u)
-        half_x = 0.5 * x
-        y = half_x * (1 + t)
-        if not need_slope:
-            return y, None
-        slope = 1 - t * t
-        slope *= half_x
-        slope *= c * (1 + (3 * TANH_CUBIC) * x2)
-        slope += 0.5 * (1 + t)
-        return y, slope
+        xp.tanh(c(SQRT_2_OVER_PI) * x * (1 + c(TANH_CUBIC) * x2), out=y)     # t = tanh(u)
+        if slope is not None:
+            xp.multiply(y, y, out=slope)
+            xp.subtract(1, slope, out=slope)                         # 1 - t^2
+            slope *= 0.5 * x
+            slope *= c(SQRT_2_OVER_PI) * (1 + c(3 * TANH_CUBIC) * x2)
+            slope += 0.5 * (1 + y)
+        y += 1
+        y *= 0.5 * x
 
 
 class ReLU(Activation):
-    def value_and_slope(self, x, need_slope):
-        positive = x > 0
-        return x * positive, (positive if need_slope else None)
+    slope_dtype = bool
+
+    def evaluate(self, x, y, slope):
+        xp = array_module(x)
+        xp.maximum(x, 0, out=y)
+        if slope is not None:
+            xp.greater(x, 0, out=slope)
 
 
 ACTIVATIONS = {"gelu": GELU, "gelu_tanh": GELUTanh, "relu": ReLU}

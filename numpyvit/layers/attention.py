@@ -21,11 +21,12 @@ from ..backend import array_module
 from .base import Module
 from .dropout import Dropout
 from .linear import Linear
+from ..parallel import map_rows
 from .reductions import row_dot, row_sum
 
 
-def softmax(s):
-    """Softmax over the last axis of attention scores s (..., N, N), as a new array.
+def softmax(s, out=None):
+    """Softmax over the last axis of attention scores s (..., N, N), into ``out`` (or a new array).
 
     softmax(s) = softmax(s - c) for any c constant along a row; subtracting a large enough c
     keeps exp from overflowing. NumPy's max over a short last axis is ~30x slower than over a
@@ -34,15 +35,16 @@ def softmax(s):
     exact per-row max is used instead. On the GPU the row max is cheap and always used.
     """
     xp = array_module(s)
+    e = xp.empty_like(s) if out is None else out
     if xp is np:
         blocks = s.reshape(-1, s.shape[-2] * s.shape[-1])           # (B*H, N*N)
-        e = (blocks - blocks.max(axis=1, keepdims=True)).reshape(s.shape)
+        xp.subtract(s, blocks.max(axis=1).reshape(s.shape[:-2] + (1, 1)), out=e)
     else:
-        e = s - s.max(axis=-1, keepdims=True)
+        xp.subtract(s, s.max(axis=-1, keepdims=True), out=e)
     xp.exp(e, out=e)
     sums = row_sum(e, keepdims=True)                                 # (..., N, 1)
     if xp is np and sums.min() < 1e-20:
-        e = xp.exp(s - s.max(axis=-1, keepdims=True))
+        xp.exp(s - s.max(axis=-1, keepdims=True), out=e)
         sums = row_sum(e, keepdims=True)
     e *= 1 / sums
     return e
@@ -70,34 +72,56 @@ class Attention(Module):
         B, N, D = x.shape
         H, d = self.num_heads, self.head_dim
         qkv = self.qkv(x).reshape(B, N, 3, H, d).transpose(2, 0, 3, 1, 4)   # (3, B, H, N, d) view
-        q_scaled = qkv[0] * x.dtype.type(self.scale)                          # (B, H, N, d)
-        k, v = qkv[1], qkv[2]
-        p = softmax(q_scaled @ k.swapaxes(-1, -2))                            # (B, H, N, N)
+        q, k, v = qkv
+        q_scaled = xp.empty((B, H, N, d), dtype=x.dtype)
+        p = xp.empty((B, H, N, N), dtype=x.dtype)
+        o = xp.empty((B, N, H, d), dtype=x.dtype)                             # heads side by side
+        o_heads = o.transpose(0, 2, 1, 3)                                     # (B, H, N, d) view
+        scale = x.dtype.type(self.scale)
+
+        def scores_to_probabilities(b):                                       # images b
+            xp.multiply(q[b], scale, out=q_scaled[b])
+            softmax(q_scaled[b] @ k[b].swapaxes(-1, -2), out=p[b])            # (b, H, N, N)
+
+        map_rows(scores_to_probabilities, B, H * N * N * x.itemsize, xp)
         if self.record:
             self.recorded = p
         p_dropped = self.attn_drop(p)
-        o = xp.empty((B, N, H, d), dtype=x.dtype)                             # heads side by side
-        xp.matmul(p_dropped, v, out=o.transpose(0, 2, 1, 3))                  # o = p' v, (B, H, N, d) view
-        o = o.reshape(B, N, D)
+
+        def weighted_values(b):
+            xp.matmul(p_dropped[b], v[b], out=o_heads[b])                     # o = p' v
+
+        map_rows(weighted_values, B, H * N * N * x.itemsize, xp)
         self._save_for_backward(q_scaled, k, v, p, p_dropped)
-        return self.proj_drop(self.proj(o))
+        return self.proj_drop(self.proj(o.reshape(B, N, D)))
 
     def backward(self, dy):
         q_scaled, k, v, p, p_dropped = self._saved()
         xp = array_module(dy)
         B, H, N, d = q_scaled.shape
         do = self.proj.backward(self.proj_drop.backward(dy))                 # (B, N, D)
-        do = do.reshape(B, N, H, d).transpose(0, 2, 1, 3)                     # (B, H, N, d)
+        do = do.reshape(B, N, H, d).transpose(0, 2, 1, 3)                     # (B, H, N, d) view
         # dqkv is filled head-major through a view, so no concatenation copy is needed
         dqkv = xp.empty((B, N, 3, H, d), dtype=dy.dtype)
         dq, dk, dv = dqkv.transpose(2, 0, 3, 1, 4)                            # each (B, H, N, d)
-        xp.matmul(p_dropped.swapaxes(-1, -2), do, out=dv)                     # dv = p'^T do
-        dp = self.attn_drop.backward(do @ v.swapaxes(-1, -2))                 # (B, H, N, N)
-        # softmax backward: ds = p * (dp - sum(dp * p)), in place in dp (a fresh array)
-        ds = dp
-        ds -= row_dot(dp, p, keepdims=True)
-        ds *= p
-        xp.matmul(ds, k, out=dq)
-        dq *= dy.dtype.type(self.scale)                                       # dq = ds k / sqrt(d)
-        xp.matmul(ds.swapaxes(-1, -2), q_scaled, out=dk)                      # dk = ds^T q / sqrt(d)
+        dp = xp.empty_like(p)
+        row_bytes = H * N * N * dy.itemsize
+
+        def through_values(b):                                                # in forward o = p' v
+            xp.matmul(p_dropped[b].swapaxes(-1, -2), do[b], out=dv[b])        # dv = p'^T do
+            xp.matmul(do[b], v[b].swapaxes(-1, -2), out=dp[b])                # dp' = do v^T
+
+        map_rows(through_values, B, row_bytes, xp)
+        dp = self.attn_drop.backward(dp)
+        scale = dy.dtype.type(self.scale)
+
+        def through_softmax(b):                                               # in forward p = softmax(s)
+            ds = dp[b]                                                        # in place: dp is ours
+            ds -= row_dot(ds, p[b], keepdims=True)
+            ds *= p[b]                                                        # ds = p (dp - sum(dp p))
+            xp.matmul(ds, k[b], out=dq[b])
+            dq[b] *= scale                                                    # dq = ds k / sqrt(d)
+            xp.matmul(ds.swapaxes(-1, -2), q_scaled[b], out=dk[b])            # dk = ds^T q / sqrt(d)
+
+        map_rows(through_softmax, B, row_bytes, xp)
         return self.qkv.backward(dqkv.reshape(B, N, 3 * H * d))

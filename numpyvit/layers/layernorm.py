@@ -15,6 +15,7 @@ backward formula is written in terms of the normalized input.
 import numpy as np
 
 from ..backend import array_module
+from ..parallel import map_rows
 from .base import Module, new_parameter
 from .reductions import col_sum, matvec, row_dot, row_mean
 
@@ -26,27 +27,42 @@ class LayerNorm(Module):
         self.bias = new_parameter(np.zeros(dim), xp, dtype, weight_decay=False)
 
     def forward(self, x):
-        xhat = x - row_mean(x, keepdims=True)                       # (..., D), centred
-        var = row_dot(xhat, xhat, keepdims=True)                     # (..., 1), times D
-        rstd = (var * x.dtype.type(1.0 / self.dim) + x.dtype.type(self.eps)) ** -0.5
-        xhat *= rstd
-        y = xhat * self.weight.data
-        y += self.bias.data
+        xp, D = array_module(x), self.dim
+        x2 = x.reshape(-1, D)                                        # (M, D)
+        xhat, y = xp.empty_like(x2), xp.empty_like(x2)
+        rstd = xp.empty((x2.shape[0], 1), dtype=x.dtype)
+        g, b, inv_d, eps = self.weight.data, self.bias.data, x.dtype.type(1.0 / D), x.dtype.type(self.eps)
+
+        def normalize(r):                                            # rows r
+            xh = xhat[r]
+            xp.subtract(x2[r], row_mean(x2[r], keepdims=True), out=xh)        # x - mu
+            rstd[r] = (row_dot(xh, xh, keepdims=True) * inv_d + eps) ** -0.5
+            xh *= rstd[r]
+            xp.multiply(xh, g, out=y[r])
+            y[r] += b
+
+        map_rows(normalize, x2.shape[0], D * x.itemsize, xp)
         self._save_for_backward(xhat, rstd)
-        return y
+        return y.reshape(x.shape)
 
     def backward(self, dy):
         xhat, rstd = self._saved()
-        xp = array_module(dy)
-        g = self.weight.data
-        dy_xhat = dy * xhat                                          # (..., D)
+        xp, g = array_module(dy), self.weight.data
+        dy2 = dy.reshape(xhat.shape)                                 # (M, D)
+        dy_xhat = dy2 * xhat
         self.weight.accumulate(col_sum(dy_xhat))
-        self.bias.accumulate(col_sum(dy))
+        self.bias.accumulate(col_sum(dy2))
+        dx = xp.empty_like(dy2)
         inv_d = dy.dtype.type(1.0 / self.dim)
-        mean_dxhat = matvec(dy, g, keepdims=True) * inv_d            # (..., 1)
-        mean_dxhat_xhat = matvec(dy_xhat, g, keepdims=True) * inv_d  # (..., 1)
-        dx = dy * g                                                  # dxhat
-        dx -= mean_dxhat
-        dx -= xp.multiply(xhat, mean_dxhat_xhat, out=dy_xhat)        # reuses the buffer
-        dx *= rstd
-        return dx
+
+        def through_norm(r):
+            mean_dxhat = matvec(dy2[r], g, keepdims=True) * inv_d             # (rows, 1)
+            mean_dxhat_xhat = matvec(dy_xhat[r], g, keepdims=True) * inv_d    # (rows, 1)
+            d = dx[r]
+            xp.multiply(dy2[r], g, out=d)                                     # dxhat
+            d -= mean_dxhat
+            d -= xp.multiply(xhat[r], mean_dxhat_xhat, out=dy_xhat[r])       # reuses the buffer
+            d *= rstd[r]
+
+        map_rows(through_norm, dy2.shape[0], self.dim * dy.itemsize, xp)
+        return dx.reshape(dy.shape)
