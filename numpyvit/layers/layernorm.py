@@ -28,6 +28,8 @@ class LayerNorm(Module):
 
     def forward(self, x):
         xp, D = array_module(x), self.dim
+        if x.shape[-1] != D:
+            raise ValueError(f"LayerNorm({D}) needs inputs whose last axis is {D}, got shape {tuple(x.shape)}")
         x2 = x.reshape(-1, D)                                        # (M, D)
         xhat, y = xp.empty_like(x2), xp.empty_like(x2)
         rstd = xp.empty((x2.shape[0], 1), dtype=x.dtype)

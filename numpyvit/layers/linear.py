@@ -33,6 +33,9 @@ class Linear(Module):
         return self.weight.data.reshape(self.out_features, self.in_features)  # (out, in), a view
 
     def forward(self, x):
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"Linear({self.in_features} -> {self.out_features}) needs inputs whose last axis "
+                             f"is {self.in_features}, got shape {tuple(x.shape)}")
         x2 = x.reshape(-1, self.in_features)                        # (M, in)
         y = x2 @ self._matrix().T                                   # (M, out)
         if self.bias is not None:
