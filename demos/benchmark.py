@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -135,9 +134,14 @@ def time_alternately(steps, warmup, repeats, sync, block=3, settle=0.3):
 
 
 # ----- memory, in a subprocess ----------------------------------------------------------------------
-def rss_mb():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+def memory_mb(field):
+    """VmRSS (now) or VmHWM (peak) of this process in MB. (Not getrusage's ru_maxrss, which a
+    child inherits from the parent it was forked from.)"""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
 
 
 def peak_memory(framework, config_key, backend, batch):
@@ -153,25 +157,52 @@ def peak_memory(framework, config_key, backend, batch):
 def _memory_child(framework, config_key, backend, batch):
     if framework == "torch":
         import torch  # noqa: F401  (imported before the baseline)
-    baseline = rss_mb()
-    model, x, y, training = build(config_key, backend, batch)
-    if backend == "cupy":
-        import cupy
-        pool = cupy.get_default_memory_pool()
+    baseline = memory_mb("VmRSS")
+    _, spec, _, training = CONFIGS[config_key]
     if framework == "numpyvit":
+        model, x, y, training = build(config_key, backend, batch)
         step = numpyvit_step(model, x, y, training)
-    else:
-        step, _ = torch_step(model, x, y, training, "cuda" if backend == "cupy" else "cpu")
-        del model
+    else:                                                            # no numpyvit weights in this process
+        step = torch_only_step(spec["preset"], batch, training, "cuda" if backend == "cupy" else "cpu")
     for _ in range(3):
         step()
     if backend == "cupy":
+        import cupy
         import torch
-        gpu = pool.total_bytes() if framework == "numpyvit" else torch.cuda.max_memory_allocated()
+        gpu = (cupy.get_default_memory_pool().total_bytes() if framework == "numpyvit"
+               else torch.cuda.max_memory_allocated())
         print(json.dumps({"peak_mb": gpu / 2**20}))
-        return
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"peak_mb": peak - baseline}))
+    else:
+        print(json.dumps({"peak_mb": memory_mb("VmHWM") - baseline}))
+
+
+def torch_only_step(preset, batch, training, device):
+    """The PyTorch reference of a preset, randomly initialized, with its own step."""
+    import inspect
+
+    import torch
+    from torch_reference import TorchViT
+
+    defaults = {name: p.default for name, p in inspect.signature(numpyvit.VisionTransformer).parameters.items()}
+    config = dict(defaults, **numpyvit.PRESETS[preset])
+    reference = TorchViT(config).to(device)
+    C, size = config["in_chans"], config["img_size"]
+    x = torch.randn(batch, C, size, size, device=device)
+    y = torch.randint(0, config["num_classes"], (batch,), device=device)
+    if not training:
+        reference.eval()
+
+        def infer():
+            with torch.inference_mode():
+                return reference(x)
+        return infer
+    opt = torch.optim.AdamW(reference.parameters(), lr=1e-4, weight_decay=0.05)
+
+    def step():
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(reference(x), y).backward()
+        opt.step()
+    return step
 
 
 # ----- reporting -------------------------------------------------------------------------------------

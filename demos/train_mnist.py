@@ -81,8 +81,9 @@ def plan(args):
         preset, model_kw = None, dict(meta["config"], **model_kw, backend=backend)
         train, dataset_name = TrainConfig.from_dict(meta["train"]), args.dataset or meta["dataset"]
     else:
-        chosen = recipe(args.recipe or "default")
-        train, dataset_name = chosen["train"], args.dataset or "mnist"
+        dataset_name = args.dataset or "mnist"
+        chosen = recipe(args.recipe or "default", dataset_name)
+        train = chosen["train"]
         seed = args.seed if args.seed is not None else train.seed
         preset = args.preset or chosen["preset"]
         model_kw = dict(chosen["model"], **model_kw, backend=backend_name(args.backend or chosen["backend"]),

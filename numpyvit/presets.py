@@ -26,7 +26,9 @@ PRESETS = {
 PRESETS.update({
     # 16 patches of 7x7: the fastest model that still learns MNIST well
     "mnist_tiny": dict(_MNIST, patch_size=7, embed_dim=64, depth=6, num_heads=4, mlp_ratio=2.0),
-    # 49 patches of 4x4
+    # 49 patches of 4x4, as narrow as mnist_tiny: the longer CPU recipe's model
+    "mnist_fine": dict(_MNIST, patch_size=4, embed_dim=64, depth=6, num_heads=4, mlp_ratio=2.0),
+    # 49 patches of 4x4, twice as wide
     "mnist_small": dict(_MNIST, patch_size=4, embed_dim=128, depth=6, num_heads=4, mlp_ratio=2.0),
     # the architecture of a well-known PyTorch MNIST ViT (99.65% after 60 GPU epochs)
     "mnist_large": dict(_MNIST, patch_size=4, embed_dim=420, depth=9, num_heads=28, mlp_ratio=615 / 420),

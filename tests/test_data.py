@@ -414,3 +414,13 @@ def test_real_mnist():
     mean = counts @ levels / counts.sum()
     std = np.sqrt(counts @ (levels - mean) ** 2 / counts.sum())
     assert abs(mean - ds.mean) < 1e-4 and abs(std - ds.std) < 1e-4
+
+
+def test_random_affine_hflip_mirrors_about_half_the_images():
+    rng = np.random.default_rng(0)
+    x = rng.random((200, 1, 5, 7)).astype(np.float32)
+    out = RandomAffine(max_translate=0, max_rotate=0, scale=(1, 1), hflip=True)(x, np.random.default_rng(1))
+    same = np.array([np.array_equal(o, i) for o, i in zip(out, x)])
+    mirrored = np.array([np.array_equal(o, i[:, :, ::-1]) for o, i in zip(out, x)])
+    assert np.all(same ^ mirrored)                                   # each image: one or the other
+    assert 70 < mirrored.sum() < 130

@@ -279,3 +279,10 @@ def test_train_config_survives_json_and_refuses_bad_values():
                 dict(min_lr=1.0, lr=0.1)):
         with pytest.raises(ValueError):
             TrainConfig(**bad)
+
+
+def test_default_recipe_mirrors_clothes_but_never_digits():
+    from numpyvit.train import recipe
+    assert recipe("default", "mnist")["train"].hflip is False
+    clothes = recipe("default", "fashion-mnist")["train"]
+    assert clothes.hflip is True and clothes.max_rotate == 0.0

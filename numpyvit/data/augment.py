@@ -1,4 +1,5 @@
-"""Random affine augmentation (rotation, scale, translation) for a whole batch at once.
+"""Random affine augmentation (rotation, scale, translation, optional mirroring) for a whole
+batch at once.
 
 B batch, C channels, H x W image size; P = H * W pixels per image.
 
@@ -71,6 +72,8 @@ def affine_transform(x, angle, scale, translate, fill=0.0):
 class RandomAffine:
     """Per image: rotation uniform in +-``max_rotate`` degrees, scale uniform in ``scale``,
     shift uniform in +-``max_translate`` pixels along each axis; see the module docstring.
+    With ``hflip``, each image is also mirrored left-right with probability 1/2 (right for
+    clothes, wrong for digits).
 
     ``fill`` is the value of pixels that come from outside the image. Augment after
     normalizing and pass the normalized background, ``(0 - mean) / std``, so that the new
@@ -80,7 +83,7 @@ class RandomAffine:
     it returns a new (B, C, H, W) float32 array.
     """
 
-    def __init__(self, max_translate=2.0, max_rotate=10.0, scale=(0.9, 1.1), fill=0.0):
+    def __init__(self, max_translate=2.0, max_rotate=10.0, scale=(0.9, 1.1), fill=0.0, hflip=False):
         if max_translate < 0 or max_rotate < 0:
             raise ValueError(
                 f"max_translate and max_rotate must be >= 0, got {max_translate} and {max_rotate}"
@@ -91,6 +94,7 @@ class RandomAffine:
         self.max_rotate = float(max_rotate)
         self.scale = (float(scale[0]), float(scale[1]))
         self.fill = float(fill)
+        self.hflip = bool(hflip)
 
     def sample(self, batch, rng):
         """Random (angle (B,), scale (B,), translate (B, 2)) for ``batch`` images."""
@@ -100,8 +104,12 @@ class RandomAffine:
         return angle, scale, translate
 
     def __call__(self, x, rng):
-        return affine_transform(x, *self.sample(len(x), rng), fill=self.fill)
+        out = affine_transform(x, *self.sample(len(x), rng), fill=self.fill)
+        if self.hflip:
+            mirrored = rng.random(len(x)) < 0.5                          # (B,)
+            out[mirrored] = out[mirrored, :, :, ::-1]
+        return out
 
     def __repr__(self):
         return (f"RandomAffine(max_translate={self.max_translate}, max_rotate={self.max_rotate}, "
-                f"scale={self.scale}, fill={self.fill})")
+                f"scale={self.scale}, fill={self.fill}, hflip={self.hflip})")

@@ -125,7 +125,8 @@ class _Loop:
         self.augment = None
         if config.augment:
             self.augment = RandomAffine(max_translate=config.max_translate, max_rotate=config.max_rotate,
-                                        scale=config.scale, fill=(0 - dataset.mean) / dataset.std)
+                                        scale=config.scale, fill=(0 - dataset.mean) / dataset.std,
+                                        hflip=config.hflip)
         self.session_start = time.perf_counter()
         self.session_steps = 0
 
