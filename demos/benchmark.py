@@ -212,7 +212,8 @@ def environment(backend, threads):
         f"python {platform.python_version()}, numpy {np.__version__}, BLAS {blas.get('name')} "
         f"{blas.get('version')}, numpyvit {numpyvit.__version__}, backend {backend}",
         f"cpu: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; threads: {threads}; "
-        f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}",
+        f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}, "
+        f"OPENBLAS_THREAD_TIMEOUT={os.environ.get('OPENBLAS_THREAD_TIMEOUT', '(unset)')}",
     ]
     try:
         import torch

@@ -178,7 +178,7 @@ class VisionTransformer(Module):
             raise ValueError(f"images must be {H}x{W} for this model, got {x.shape[2]}x{x.shape[3]}: resize "
                              f"them, or build the model with img_size=({x.shape[2]}, {x.shape[3]}) "
                              f"(both sides divisible by the patch size {self.patch_embed.patch_size})")
-        if not self.xp.issubdtype(x.dtype, self.xp.floating):
+        if not np.issubdtype(x.dtype, np.floating):
             raise TypeError(f"images must be floating point, got {x.dtype}: convert them, e.g. "
                             "x.astype(numpy.float32) / 255, then normalize")
         return x.astype(self.dtype, copy=False)

@@ -14,6 +14,9 @@ Backward:  dp' = do v^T,  dv = dropout(p)^T do
 Caches: the qkv output (holding q, k, v as views), q / sqrt(d), and p. The cached p
 doubles as the attention map: set ``record = True`` and the forward keeps the last p in
 ``recorded`` even in eval mode (numpyvit.viz uses this).
+Every image's attention is independent, so the per-image products and the softmax run in
+pieces of the batch on all CPU cores (numpyvit.parallel.map_rows); dropout masks are drawn
+outside those pieces, so a seed gives the same masks whatever the number of threads.
 """
 import numpy as np
 
