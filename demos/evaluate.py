@@ -11,8 +11,8 @@ import sys
 import numpy as np
 
 import numpyvit.data
-from numpyvit.backend import backend_name
-from numpyvit.train import evaluate, load_trained_model
+from numpyvit.io import load_model_and_meta
+from numpyvit.train import evaluate
 from numpyvit.viz import confusion_matrix
 
 
@@ -43,7 +43,7 @@ def format_confusion(matrix, classes):
 def main(argv=None):
     args = parse_args(argv)
     try:
-        model, meta = load_trained_model(args.checkpoint, backend=backend_name(args.backend))
+        model, meta = load_model_and_meta(args.checkpoint, args.backend)
         name = args.dataset or meta.get("dataset")
         if name is None:
             raise ValueError(f"{args.checkpoint} does not say which dataset it was trained on: pass --dataset")

@@ -14,9 +14,8 @@ import sys
 import numpy as np
 
 from numpyvit import viz
-from numpyvit.backend import backend_name
 from numpyvit.data import normalize
-from numpyvit.train import load_trained_model
+from numpyvit.io import load_model_and_meta
 
 
 def parse_args(argv):
@@ -30,7 +29,7 @@ def parse_args(argv):
 def main(argv=None):
     args = parse_args(argv)
     try:
-        model, meta = load_trained_model(args.checkpoint, backend=backend_name(args.backend))
+        model, meta = load_model_and_meta(args.checkpoint, args.backend)
         read_image = viz.read_image                                 # needs matplotlib
     except (ValueError, OSError, ImportError) as err:              # CheckpointError is a ValueError
         print(f"error: {err}", file=sys.stderr)

@@ -18,8 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from numpyvit import data, viz
-from numpyvit.backend import backend_name
-from numpyvit.io import CheckpointError, load_arrays, load_model
+from numpyvit.io import CheckpointError, load_model_and_meta
 
 NUM_SHOWN = 4        # test images whose attention is drawn when no --image is given
 NUM_DISTANCE = 100   # test images the mean attention distance is averaged over
@@ -92,8 +91,7 @@ def main(argv=None):
     args = parse_args(argv)
     start = time.perf_counter()
     checkpoint = Path(args.checkpoint)
-    model = load_model(checkpoint, backend=backend_name())
-    _, meta = load_arrays(checkpoint)
+    model, meta = load_model_and_meta(checkpoint)
     run_dir = checkpoint if checkpoint.is_dir() else checkpoint.parent
     out = Path(args.out) if args.out else run_dir / "figures"
     ds = data.load_dataset(args.dataset or meta.get("dataset", "mnist"), data_dir=args.data_dir)

@@ -101,13 +101,19 @@ def load_model(path, backend=None):
     """Rebuild the model saved at ``path`` (a .npz file or a run folder holding
     checkpoint.npz) on ``backend`` (default: $NUMPYVIT_BACKEND, else numpy, whatever backend
     it was trained on)."""
+    return load_model_and_meta(path, backend)[0]
+
+
+def load_model_and_meta(path, backend=None):
+    """(model, metadata) from one read of ``path``; see ``load_model``."""
     from .model import VisionTransformer
 
     arrays, meta = load_arrays(path)
-    config = dict(meta["config"], backend=backend_name(backend))
-    model = VisionTransformer(**config)
+    if "config" not in meta:
+        raise CheckpointError(f"{path} has no model config in its metadata")
     try:
+        model = VisionTransformer(**dict(meta["config"], backend=backend_name(backend)))
         model.load_state_dict(prefixed(arrays, "model"))
-    except ValueError as err:
+    except (TypeError, ValueError) as err:
         raise CheckpointError(f"{path}: {err}") from err
-    return model
+    return model, meta

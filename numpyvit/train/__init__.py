@@ -14,7 +14,6 @@ Files: ``loop.py`` (fit), ``stops.py`` (Ctrl-C, non-finite loss), ``checkpoint.p
 checkpoint holds, resume checks), ``metrics.py`` (evaluate), ``config.py`` (TrainConfig, RECIPES),
 ``history.py`` (history.json), ``progress.py`` (the progress line).
 """
-from .checkpoint import load_trained_model
 from .config import RECIPES, TrainConfig, recipe
 from .history import CURVES_NAME, HISTORY_NAME
 from .loop import fit
@@ -23,5 +22,5 @@ from .stops import NonFiniteLossError, TrainingError, TrainingInterrupted
 
 __all__ = [
     "CURVES_NAME", "Evaluation", "HISTORY_NAME", "NonFiniteLossError", "RECIPES", "TrainConfig", "TrainingError",
-    "TrainingInterrupted", "evaluate", "fit", "load_trained_model", "recipe",
+    "TrainingInterrupted", "evaluate", "fit", "recipe",
 ]

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..io import CheckpointError, load_arrays, prefixed, save_arrays
-from ..model import VisionTransformer
 
 # model keywords that may differ between a checkpoint and the run resuming it
 _FREE_MODEL_KEYS = ("backend", "seed")
@@ -128,18 +127,3 @@ def _check_same_run(path, meta, run_meta):
     if problems:
         raise CheckpointError(f"{path} cannot be resumed with these settings: " + "; ".join(problems)
                               + " (the data order and the schedule depend on them)")
-
-
-def load_trained_model(path, backend=None):
-    """(model in eval mode, meta) from a checkpoint or weights file, read once; ``backend``
-    overrides the saved one (e.g. to evaluate a GPU-trained model on the CPU)."""
-    arrays, meta = load_arrays(path)
-    if "config" not in meta:
-        raise CheckpointError(f"{path} has no model config in its metadata")
-    config = dict(meta["config"], **({} if backend is None else {"backend": backend}))
-    try:
-        model = VisionTransformer(**config)
-        model.load_state_dict(prefixed(arrays, "model"))
-    except (TypeError, ValueError) as err:
-        raise CheckpointError(f"{path}: {err}") from err
-    return model.eval(), meta
