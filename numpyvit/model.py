@@ -19,6 +19,7 @@ from .layers import (Attention, ClassToken, DropPath, Dropout, GlobalPool, Layer
                      LearnedPositionEmbedding, LearnedPositionEmbedding2D, Module, Mlp,
                      PatchEmbed, SinCosPositionEmbedding2D, Linear)
 from .layers.base import new_parameter, trunc_normal
+from .parallel import add_to, own_threads
 
 POS_EMBED_KINDS = ("learned", "learned_2d", "sincos")
 
@@ -39,21 +40,17 @@ class Block(Module):
         self.drop_path2 = DropPath(drop_path, xp=xp)
 
     def forward(self, x):
-        # each branch output is a fresh array that no layer caches, so adding x into it is safe
-        h = self.drop_path1(self.attn(self.norm1(x)))
-        h += x
-        x = h
-        h = self.drop_path2(self.mlp(self.norm2(x)))
-        h += x
-        return h
+        # x + branch(x) is written add_to(branch(x), x): the branch's output is a fresh array
+        # that no layer caches, so x is added into it in place (on all CPU cores)
+        x = add_to(self.drop_path1(self.attn(self.norm1(x))), x)
+        x = add_to(self.drop_path2(self.mlp(self.norm2(x))), x)
+        return x
 
     def backward(self, dy):
-        dx = self.norm2.backward(self.mlp.backward(self.drop_path2.backward(dy)))
-        dx += dy
-        dy = dx
-        dx = self.norm1.backward(self.attn.backward(self.drop_path1.backward(dy)))
-        dx += dy
-        return dx
+        # dy + branch'(x)^T dy, the same way
+        dy = add_to(self.norm2.backward(self.mlp.backward(self.drop_path2.backward(dy))), dy)
+        dy = add_to(self.norm1.backward(self.attn.backward(self.drop_path1.backward(dy))), dy)
+        return dy
 
 
 class VisionTransformer(Module):
@@ -136,8 +133,9 @@ class VisionTransformer(Module):
     def forward(self, x):
         """Logits (B, num_classes) for images x (B, C, H, W)."""
         x = self._check_images(x)
-        for stage in self.stages:
-            x = stage(x)
+        with own_threads(self._activations(x.shape[0])):
+            for stage in self.stages:
+                x = stage(x)
         self._save_for_backward(x.shape)
         return x
 
@@ -148,9 +146,14 @@ class VisionTransformer(Module):
         if tuple(dlogits.shape) != tuple(shape):
             raise ValueError(f"dlogits must have the logits' shape {tuple(shape)}, got {tuple(dlogits.shape)}")
         dx = dlogits.astype(self.dtype, copy=False)
-        for stage in reversed(self.stages):
-            dx = stage.backward(dx)
+        with own_threads(self._activations(shape[0])):
+            for stage in reversed(self.stages):
+                dx = stage.backward(dx)
         return dx
+
+    def _activations(self, batch):
+        """Elements of one block's input for a batch (numpyvit.parallel.own_threads' measure)."""
+        return batch * (1 + self.patch_embed.num_patches) * self.embed_dim
 
     def _to_device(self, x, what):
         if not hasattr(x, "shape") or not hasattr(x, "dtype"):

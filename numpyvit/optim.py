@@ -9,7 +9,8 @@ AdamW (Loshchilov & Hutter 2019), with PyTorch's exact semantics, for step t = 1
 
 Fused: each parameter group's parameters and gradients are moved into one contiguous
 buffer (every ``param.data`` / ``param.grad`` becomes a view into it), so a step is a
-handful of vectorized passes over all weights instead of a Python loop over ~100 tensors.
+handful of vectorized passes over all weights instead of a Python loop over ~100 tensors,
+run on all CPU cores in cache-sized pieces (numpyvit.parallel.map_rows).
 """
 import math
 
@@ -17,6 +18,7 @@ import numpy as np
 
 from .backend import array_module
 from .layers.base import Parameter
+from .parallel import map_rows, own_threads
 
 
 class ParamGroup:
@@ -88,20 +90,24 @@ class AdamW:
         bias1 = 1 - b1 ** self.step_count
         bias2_sqrt = math.sqrt(1 - b2 ** self.step_count)
         for g in self.groups:
-            xp = array_module(g.data)
             scalar = g.data.dtype.type
-            if g.weight_decay:
-                g.data *= scalar(1 - g.lr * g.weight_decay)
-            g.exp_avg *= scalar(b1)
-            g.exp_avg += scalar(1 - b1) * g.grad
-            g.exp_avg_sq *= scalar(b2)
-            g.exp_avg_sq += scalar(1 - b2) * g.grad * g.grad
-            denom = xp.sqrt(g.exp_avg_sq)
-            denom *= scalar(1 / bias2_sqrt)
-            denom += scalar(self.eps)
-            update = g.exp_avg / denom
-            update *= scalar(g.lr / bias1)
-            g.data -= update
+
+            def update(r, g=g):                                      # elementwise: any piece r of the buffers
+                p, m, v, grad = g.data[r], g.exp_avg[r], g.exp_avg_sq[r], g.grad[r]
+                if g.weight_decay:
+                    p *= scalar(1 - g.lr * g.weight_decay)
+                m *= scalar(b1)
+                m += scalar(1 - b1) * grad
+                v *= scalar(b2)
+                v += scalar(1 - b2) * grad * grad
+                denom = array_module(v).sqrt(v)
+                denom *= scalar(1 / bias2_sqrt)
+                denom += scalar(self.eps)
+                delta = m / denom
+                delta *= scalar(g.lr / bias1)
+                p -= delta
+
+            map_rows(update, g.data.size, g.data.itemsize, array_module(g.data))
 
     # ----- resume ----------------------------------------------------------------------------
     def state_dict(self):
@@ -131,6 +137,7 @@ class AdamW:
         self.step_count = int(state["step"])
 
 
+@own_threads()
 def clip_grad_norm(optimizer, max_norm):
     """Scale all gradients so their global L2 norm is at most ``max_norm``; returns the norm
     before clipping (a 0-d array on the device: no host sync unless you ``float()`` it).

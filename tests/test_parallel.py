@@ -26,6 +26,8 @@ def test_threads_and_pieces_agree_and_are_deterministic(monkeypatch, act):
     for threads, chunk in [("1", parallel.CHUNK_BYTES), ("2", 64), ("2", 64), ("3", 200)]:
         monkeypatch.setenv("NUMPYVIT_THREADS", threads)
         monkeypatch.setattr(parallel, "CHUNK_BYTES", chunk)          # tiny pieces: many tasks
+        for threshold in ("MIN_SPLIT_WORK", "MIN_SPLIT_ELEMENTS", "OWN_THREADS_MIN"):
+            monkeypatch.setattr(parallel, threshold, 1)              # split even this tiny model's work
         model = numpyvit.VisionTransformer(img_size=12, patch_size=4, in_chans=1, num_classes=10, embed_dim=16,
                                            depth=2, num_heads=2, act=act, seed=3)
         results.append(run_step(model, x, y))
@@ -52,3 +54,54 @@ def test_map_rows_covers_every_row_once(monkeypatch):
 
     parallel.map_rows(mark, 37, row_bytes=4)
     np.testing.assert_array_equal(hits, 1)
+
+
+@pytest.mark.parametrize("shapes", [((50, 7), (7, 3)), ((50, 7), (7,)), ((3, 50), (50, 9))])
+def test_split_matmul_equals_at(monkeypatch, shapes):
+    monkeypatch.setenv("NUMPYVIT_THREADS", "3")
+    monkeypatch.setattr(parallel, "MIN_SPLIT_WORK", 1)
+    rng = np.random.default_rng(1)
+    a, b = (rng.standard_normal(shape).astype(np.float32) for shape in shapes)
+    bias = rng.standard_normal(b.shape[1:]).astype(np.float32)
+    for a_view in (a, np.asfortranarray(a), a.T.copy().T):          # C-order, F-order, transposed view
+        with parallel.own_threads():
+            np.testing.assert_allclose(parallel.matmul(a_view, b), a @ b, rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(parallel.matmul(a_view, b, bias), a @ b + bias, rtol=1e-5, atol=1e-6)
+
+
+def test_elementwise_helpers_equal_the_operators(monkeypatch):
+    monkeypatch.setenv("NUMPYVIT_THREADS", "2")
+    monkeypatch.setattr(parallel, "CHUNK_BYTES", 16)                 # many pieces
+    monkeypatch.setattr(parallel, "MIN_SPLIT_ELEMENTS", 1)
+    rng = np.random.default_rng(2)
+    a, b = rng.standard_normal((2, 5, 30, 4)).astype(np.float32)
+    np.testing.assert_array_equal(parallel.multiply(a, b > 0), a * (b > 0))
+    np.testing.assert_array_equal(parallel.multiply(a, b.T.copy().T), a * b)         # strided input
+    out = a.copy()
+    assert parallel.add_to(out, b) is out
+    np.testing.assert_array_equal(out, a + b)
+    strided = np.zeros((5, 30, 8), np.float32)[..., ::2]             # not contiguous: added in one go
+    parallel.add_to(strided, a)
+    np.testing.assert_array_equal(strided, a)
+
+
+def test_own_threads_gives_blas_its_threads_back(monkeypatch):
+    """Inside own_threads OpenBLAS runs on one thread (numpyvit splits the products); after it,
+    even when the model raised, the thread count is what it was."""
+    monkeypatch.setenv("NUMPYVIT_THREADS", "2")
+    blas = parallel._openblas_threads()
+    if blas is None:
+        pytest.skip("NumPy's BLAS is not an OpenBLAS whose threads can be set")
+    set_threads, get_threads = blas
+    before = get_threads()
+    model = numpyvit.VisionTransformer(img_size=8, patch_size=4, in_chans=1, num_classes=3, embed_dim=8,
+                                       depth=1, num_heads=2)
+    with parallel.own_threads():
+        assert get_threads() == 1
+        with parallel.own_threads():                                 # nested: still one
+            assert get_threads() == 1
+        assert get_threads() == 1
+    assert get_threads() == before
+    with pytest.raises(ValueError):
+        model(np.zeros((2, 1, 9, 9), np.float32))                    # wrong size: raises inside
+    assert get_threads() == before

@@ -18,7 +18,7 @@ import abc
 import math
 
 from ..backend import array_module
-from ..parallel import map_rows
+from ..parallel import map_rows, multiply
 from ..special import erf
 from .base import Module
 
@@ -46,7 +46,7 @@ class Activation(Module, abc.ABC):
 
     def backward(self, dy):
         (slope,) = self._saved()
-        return dy * slope
+        return multiply(dy, slope)                                   # dy * slope, on all cores
 
     @abc.abstractmethod
     def evaluate(self, x, y, slope):

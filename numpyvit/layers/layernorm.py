@@ -15,7 +15,7 @@ backward formula is written in terms of the normalized input.
 import numpy as np
 
 from ..backend import array_module
-from ..parallel import map_rows
+from ..parallel import map_rows, multiply
 from .base import Module, new_parameter
 from .reductions import col_sum, matvec, row_dot, row_mean
 
@@ -51,7 +51,7 @@ class LayerNorm(Module):
         xhat, rstd = self._saved()
         xp, g = array_module(dy), self.weight.data
         dy2 = dy.reshape(xhat.shape)                                 # (M, D)
-        dy_xhat = dy2 * xhat
+        dy_xhat = multiply(dy2, xhat)                                # dy * xhat, on all cores
         self.weight.accumulate(col_sum(dy_xhat))
         self.bias.accumulate(col_sum(dy2))
         dx = xp.empty_like(dy2)

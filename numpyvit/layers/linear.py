@@ -9,9 +9,12 @@ Backward:  dx = dy W                 (..., in)
 Caches: x (a reference, not a copy) for dW.
 
 The leading axes (batch, tokens) are flattened to one axis M so each product is a single
-(M, in) x (in, out) matrix multiply, the shape BLAS is fastest at.
+(M, in) x (in, out) matrix multiply, the shape BLAS is fastest at (``matmul`` is ``@``,
+spread over the CPU cores by numpyvit.parallel).
 """
 import numpy as np
+
+from ..parallel import matmul
 
 from .base import Module, new_parameter, trunc_normal
 from .reductions import col_sum
@@ -37,17 +40,15 @@ class Linear(Module):
             raise ValueError(f"Linear({self.in_features} -> {self.out_features}) needs inputs whose last axis "
                              f"is {self.in_features}, got shape {tuple(x.shape)}")
         x2 = x.reshape(-1, self.in_features)                        # (M, in)
-        y = x2 @ self._matrix().T                                   # (M, out)
-        if self.bias is not None:
-            y += self.bias.data
+        y = matmul(x2, self._matrix().T, None if self.bias is None else self.bias.data)   # (M, out)
         self._save_for_backward(x2)
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def backward(self, dy):
         (x2,) = self._saved()
         dy2 = dy.reshape(-1, self.out_features)                     # (M, out)
-        self.weight.accumulate((dy2.T @ x2).reshape(self.weight.shape))
+        self.weight.accumulate(matmul(dy2.T, x2).reshape(self.weight.shape))
         if self.bias is not None:
             self.bias.accumulate(col_sum(dy2))
-        dx = dy2 @ self._matrix()                                   # (M, in)
+        dx = matmul(dy2, self._matrix())                            # (M, in)
         return dx.reshape(*dy.shape[:-1], self.in_features)
