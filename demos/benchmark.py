@@ -4,6 +4,7 @@
     python demos/benchmark.py --configs a,b --repeats 20
     python demos/benchmark.py --backend cupy       # on a GPU, against PyTorch on CUDA
     python demos/benchmark.py --scaling            # also: how step time grows with the work
+    python demos/benchmark.py --profile --configs b,c   # also: where numpyvit's step time goes
 
 A training step is forward + cross-entropy + backward + AdamW. Both frameworks get the same
 architecture and identical weights (checked: their logits agree), and are timed alternately
@@ -314,6 +315,48 @@ def scaling_table(args):
               f"{flops / seconds / 1e9:>9.0f}")
 
 
+def profile_table(key, args, steps=5):
+    """Share of numpyvit's step time per layer type (each layer's own time: a Block's excludes
+    its LayerNorms, attention and MLP), wall clock on the calling thread, which waits for the
+    worker threads at the end of each parallel piece of work."""
+    model, x, y, training = build(key, args.backend, args.batch)
+    step = numpyvit_step(model, x, y, training)
+    sync = synchronizer(args.backend)
+    own = {}                                                         # layer type -> seconds
+    open_calls = []                                                  # time spent in children
+
+    def timed(fn, kind):
+        def call(*a, **kw):
+            sync()
+            start = time.perf_counter()
+            open_calls.append(0.0)
+            try:
+                return fn(*a, **kw)
+            finally:
+                sync()
+                elapsed = time.perf_counter() - start
+                own[kind] = own.get(kind, 0.0) + elapsed - open_calls.pop()
+                if open_calls:
+                    open_calls[-1] += elapsed
+        return call
+
+    for module in model.modules():
+        kind = type(module).__name__
+        if kind != "VisionTransformer":
+            module.forward, module.backward = timed(module.forward, kind), timed(module.backward, kind)
+    step()                                                           # warm-up
+    own.clear()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync()
+    total = time.perf_counter() - start
+    own["rest (loss, AdamW, wiring)"] = total - sum(own.values())
+    print(f"\nwhere the time goes, config {key} ({CONFIGS[key][0]}), {total / steps * 1e3:.0f} ms/step:")
+    for kind, seconds in sorted(own.items(), key=lambda item: -item[1]):
+        print(f"  {kind:<28}{seconds / steps * 1e3:>8.1f} ms {seconds / total:>6.0%}")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", default="a,b,c,d", help="comma-separated keys of " + ", ".join(
@@ -326,6 +369,7 @@ def main(argv=None):
     parser.add_argument("--no-torch", action="store_true", help="time numpyvit alone")
     parser.add_argument("--no-memory", dest="memory", action="store_false", help="skip the memory subprocesses")
     parser.add_argument("--scaling", action="store_true", help="also print the scaling table")
+    parser.add_argument("--profile", action="store_true", help="also print where each config's step time goes")
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--_memory", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -350,6 +394,9 @@ def main(argv=None):
     print_table(rows)
     if args.scaling:
         scaling_table(args)
+    if args.profile:
+        for key in args.configs.split(","):
+            profile_table(key.strip(), args)
     if args.json:
         Path(args.json).write_text(json.dumps(dict(ceiling_gflops=ceiling, rows=rows), indent=1))
 

@@ -149,3 +149,20 @@ def test_predict_reads_rgb_wrong_size_light_background(trained, tmp_path, capsys
     line = captured.out.strip()
     assert line.startswith(f"{tmp_path / 'digit.png'}: ") and line.endswith("[inverted: dark on light]")
     assert 0 < float(line.split("probability ")[1].split(")")[0]) <= 1
+
+
+def test_benchmark_prints_its_table_and_where_the_time_goes(monkeypatch, capsys):
+    """numpyvit alone (PyTorch is optional), the smallest config, one repeat: a smoke test of the
+    script, not a timing."""
+    benchmark = demo("benchmark")
+    monkeypatch.setattr(benchmark, "matmul_ceiling", lambda backend: 100.0)
+    benchmark.main(["--configs", "a", "--no-torch", "--no-memory", "--repeats", "1", "--warmup", "1",
+                    "--profile", "--batch", "8"])
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("a "))
+    assert "MNIST-tiny" in row and float(row.split()[8]) > 0                    # numpyvit img/s
+    shares = [line.split()[-1] for line in out.split("where the time goes")[1].splitlines()[1:] if "%" in line]
+    kinds = out.split("where the time goes")[1]
+    for kind in ("Linear", "Attention", "LayerNorm", "GELU", "rest"):
+        assert kind in kinds
+    assert sum(int(share.rstrip("%")) for share in shares) == pytest.approx(100, abs=len(shares))
