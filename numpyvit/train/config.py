@@ -84,22 +84,27 @@ class TrainConfig:
 
 # A recipe is a model preset (+ overrides of its keywords) and the training settings that go
 # with it; "backend" is the backend it is meant for (None: $NUMPYVIT_BACKEND, else numpy);
-# "datasets" holds training settings that differ by dataset (the augmentation that suits it).
+# "datasets" holds, per dataset, what differs there: {"model": {overrides}, "train": {settings}}.
 # Values are starting points, to be tuned by full runs.
-# clothes are mirrored and shifted by at most a pixel, not rotated or zoomed (a digit must
-# never be mirrored); on Fashion-MNIST this beat MNIST's augmentation by 0.9 points
-CLOTHES = {"fashion-mnist": dict(hflip=True, max_translate=1.0, max_rotate=0.0, scale=(1.0, 1.0))}
+# clothes are mirrored, not shifted, rotated or zoomed (a digit must never be mirrored): on
+# Fashion-MNIST, MNIST's augmentation lost 0.9 points to mirroring + 1-pixel shifts, which lost
+# 0.2 to mirroring alone
+CLOTHES = dict(hflip=True, max_translate=0.0, max_rotate=0.0, scale=(1.0, 1.0))
 
 RECIPES = {
     # what `demos/train_mnist.py` runs with no flags: the quick CPU run
-    "default": dict(preset="mnist_tiny", model={}, train={}, backend=None, datasets=CLOTHES),
+    # (clothes need more width than digits: D 96 with stochastic depth, 89.3% -> 90.2%)
+    "default": dict(preset="mnist_tiny", model={}, train={}, backend=None,
+                    datasets={"fashion-mnist": dict(model=dict(embed_dim=96, drop_path_rate=0.1), train=CLOTHES)}),
     # .ci/run: a short run on the real MNIST files that must reach 90% test accuracy
     "ci": dict(preset="mnist_tiny", model={},
                train=dict(epochs=3, lr=2e-3, warmup_epochs=0.3, augment=False, eval_batch_size=1000),
                backend=None),
-    # a longer CPU run: 49 patches of 4x4 instead of 16 of 7x7, and twice the epochs
-    "mnist_long": dict(preset="mnist_fine", model={},
-                       train=dict(epochs=24, warmup_epochs=2, min_lr=1e-6), backend=None, datasets=CLOTHES),
+    # a longer CPU run: 49 patches of 4x4 instead of 16 of 7x7, D 96 instead of 64 (99.19% ->
+    # 99.4% on MNIST), and more epochs
+    "mnist_long": dict(preset="mnist_fine", model=dict(embed_dim=96),
+                       train=dict(epochs=24, warmup_epochs=2, min_lr=1e-6), backend=None,
+                       datasets={"fashion-mnist": dict(train=CLOTHES)}),
     # the big model, on a GPU
     "gpu": dict(preset="mnist_large", model=dict(drop_path_rate=0.1),
                 train=dict(epochs=60, batch_size=256, lr=1e-3, warmup_epochs=5, min_lr=1e-6,
@@ -116,6 +121,6 @@ def recipe(name, dataset="mnist"):
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise ValueError(f"unknown recipe {name!r}.{hint} Available: {', '.join(RECIPES)}")
     entry = RECIPES[name]
-    train = dict(entry["train"], **entry.get("datasets", {}).get(dataset, {}))
-    return dict(preset=entry["preset"], model=dict(entry["model"]), train=TrainConfig(**train),
-                backend=entry["backend"])
+    differs = entry.get("datasets", {}).get(dataset, {})
+    return dict(preset=entry["preset"], model=dict(entry["model"], **differs.get("model", {})),
+                train=TrainConfig(**{**entry["train"], **differs.get("train", {})}), backend=entry["backend"])
