@@ -14,11 +14,11 @@ The number of threads is the number of CPUs this process may use, or ``$NUMPYVIT
 Matrix products are the other half of the work. OpenBLAS, the BLAS in NumPy's wheels, runs a
 large product on every core with a thread pool of its own, whose threads then keep spinning
 for a while, waiting for the next product: a spinning thread holds a core that numpyvit's
-threads need for the next LayerNorm or attention. So inside ``own_threads()`` (the model's
-forward and backward, the optimizer step) OpenBLAS is set to one thread and ``matmul`` splits
-each product by rows into one piece per core itself: every core runs exactly one busy thread
-and nothing spins. Outside it, and with a BLAS whose threads cannot be set (not OpenBLAS, or
-not Linux), BLAS keeps its own threads and ``matmul`` is plain ``a @ b``.
+threads need for the next LayerNorm or attention. So inside ``own_threads()`` (the forward and
+backward of a model with large activations, gradient clipping) OpenBLAS is set to one thread
+and ``matmul`` splits each product by rows into one piece per core itself: every core runs
+exactly one busy thread and nothing spins. Outside it, and with a BLAS whose threads cannot be
+set (not OpenBLAS, or not Linux), BLAS keeps its own threads and ``matmul`` is plain ``a @ b``.
 """
 import contextlib
 import ctypes
