@@ -58,7 +58,7 @@ def map_rows(fn, n, row_bytes, xp=np):
     one row of the largest array ``fn`` touches (to size the pieces)."""
     threads = num_threads()
     rows = max(1, CHUNK_BYTES // max(1, row_bytes))
-    if xp is not np or threads == 1 or n < 2 * rows:
+    if xp is not np or threads == 1 or n < 2 * rows or getattr(_local, "worker", False):  # (no nesting)
         fn(slice(0, n))
         return
     pieces = [slice(start, min(start + rows, n)) for start in range(0, n, rows)]

@@ -105,3 +105,21 @@ def test_own_threads_gives_blas_its_threads_back(monkeypatch):
     with pytest.raises(ValueError):
         model(np.zeros((2, 1, 9, 9), np.float32))                    # wrong size: raises inside
     assert get_threads() == before
+
+
+def test_work_inside_a_piece_is_not_split_again(monkeypatch):
+    """A piece that itself calls map_rows / matmul runs that work in place (a pool thread
+    waiting on its own pool could deadlock)."""
+    monkeypatch.setenv("NUMPYVIT_THREADS", "2")
+    monkeypatch.setattr(parallel, "CHUNK_BYTES", 8)
+    monkeypatch.setattr(parallel, "MIN_SPLIT_WORK", 1)
+    a, b = np.ones((40, 3), np.float32), np.ones((3, 2), np.float32)
+    hits = np.zeros(40, dtype=int)
+
+    def piece(rows):
+        parallel.map_rows(lambda inner: np.add.at(hits, np.arange(40)[rows][inner], 1), rows.stop - rows.start, 4)
+        assert (parallel.matmul(a[rows], b) == 3).all()
+
+    with parallel.own_threads():
+        parallel.map_rows(piece, 40, row_bytes=4)
+    np.testing.assert_array_equal(hits, 1)
