@@ -87,12 +87,12 @@ def test_elementwise_helpers_equal_the_operators(monkeypatch):
 
 def test_own_threads_gives_blas_its_threads_back(monkeypatch):
     """Inside own_threads OpenBLAS runs on one thread (numpyvit splits the products); after it,
-    even when the model raised, the thread count is what it was."""
+    even when the code inside raised, the thread count is what it was."""
     monkeypatch.setenv("NUMPYVIT_THREADS", "2")
     blas = parallel._openblas_threads()
     if blas is None:
         pytest.skip("NumPy's BLAS is not an OpenBLAS whose threads can be set")
-    set_threads, get_threads = blas
+    _, get_threads = blas
     before = get_threads()
     model = numpyvit.VisionTransformer(img_size=8, patch_size=4, in_chans=1, num_classes=3, embed_dim=8,
                                        depth=1, num_heads=2)
@@ -102,9 +102,16 @@ def test_own_threads_gives_blas_its_threads_back(monkeypatch):
             assert get_threads() == 1
         assert get_threads() == 1
     assert get_threads() == before
-    with pytest.raises(ValueError):
-        model(np.zeros((2, 1, 9, 9), np.float32))                    # wrong size: raises inside
+    with pytest.raises(RuntimeError):
+        with parallel.own_threads():
+            raise RuntimeError("a layer failed")
     assert get_threads() == before
+    monkeypatch.setattr(parallel, "OWN_THREADS_MIN", 1)              # this tiny model counts as large
+    seen = []
+    head_forward = model.head.forward
+    model.head.forward = lambda x: (seen.append(get_threads()), head_forward(x))[1]
+    model(np.zeros((2, 1, 8, 8), np.float32))
+    assert seen == [1] and get_threads() == before                   # one thread inside the model only
 
 
 def test_work_inside_a_piece_is_not_split_again(monkeypatch):
