@@ -83,20 +83,27 @@ def torch_step(model, x, y, training, device):
 
     reference = from_numpyvit(model, device)
     tx, ty = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+    return torch_reference_step(reference, tx, ty, training), reference
+
+
+def torch_reference_step(reference, x, y, training):
+    """One inference or training step (cross-entropy + AdamW) of a PyTorch model on x, y."""
+    import torch
+
     if not training:
         reference.eval()
 
         def infer():
             with torch.inference_mode():
-                return reference(tx)
-        return infer, reference
+                return reference(x)
+        return infer
     opt = torch.optim.AdamW(reference.parameters(), lr=1e-4, weight_decay=0.05)
 
     def step():
         opt.zero_grad()
-        torch.nn.functional.cross_entropy(reference(tx), ty).backward()
+        torch.nn.functional.cross_entropy(reference(x), y).backward()
         opt.step()
-    return step, reference
+    return step
 
 
 def synchronizer(backend):
@@ -190,20 +197,7 @@ def torch_only_step(preset, batch, training, device):
     C, size = config["in_chans"], config["img_size"]
     x = torch.randn(batch, C, size, size, device=device)
     y = torch.randint(0, config["num_classes"], (batch,), device=device)
-    if not training:
-        reference.eval()
-
-        def infer():
-            with torch.inference_mode():
-                return reference(x)
-        return infer
-    opt = torch.optim.AdamW(reference.parameters(), lr=1e-4, weight_decay=0.05)
-
-    def step():
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(reference(x), y).backward()
-        opt.step()
-    return step
+    return torch_reference_step(reference, x, y, training)
 
 
 # ----- reporting -------------------------------------------------------------------------------------
