@@ -15,7 +15,6 @@ spread over the CPU cores by numpyvit.parallel).
 import numpy as np
 
 from ..parallel import matmul
-
 from .base import Module, new_parameter, trunc_normal
 from .reductions import col_sum
 
