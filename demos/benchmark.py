@@ -4,13 +4,15 @@
     python demos/benchmark.py --configs a,b --repeats 20
     python demos/benchmark.py --backend cupy       # on a GPU, against PyTorch on CUDA
     python demos/benchmark.py --scaling            # also: how step time grows with the work
-    python demos/benchmark.py --profile --configs b,c   # also: where numpyvit's step time goes
+    python demos/benchmark.py --profile --configs b,c   # also: where one core's step time goes
 
 A training step is forward + cross-entropy + backward + AdamW. Both frameworks get the same
 architecture and identical weights (checked: their logits agree), and are timed alternately
-(warm-up, then the median of the repeats) so machine noise hits both alike. Peak memory is
-measured in a fresh subprocess per framework and config: the peak resident set size during
-model construction and steps, minus the size after imports.
+(warm-up, then the median of the repeats) so machine noise hits both alike. numpyvit uses the
+cores the way numpyvit.tuning measured to be fastest on this machine (printed with the CPU; set
+NUMPYVIT_PARALLEL to force one). Peak memory is measured in a fresh subprocess per framework and
+config: the peak resident set size during model construction and steps, minus the size after
+imports, plus the whole peak of every numpyvit worker process.
 """
 import argparse
 import json
@@ -25,6 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpyvit  # noqa: E402
+from numpyvit import parallel, tuning  # noqa: E402
 from numpyvit.backend import get_xp, to_numpy  # noqa: E402
 
 CONFIGS = {  # name: (description, preset or overrides, batch, training?)
@@ -142,10 +145,10 @@ def time_alternately(steps, warmup, repeats, sync, block=3, settle=0.3):
 
 
 # ----- memory, in a subprocess ----------------------------------------------------------------------
-def memory_mb(field):
-    """VmRSS (now) or VmHWM (peak) of this process in MB. (Not getrusage's ru_maxrss, which a
-    child inherits from the parent it was forked from.)"""
-    with open("/proc/self/status") as f:
+def memory_mb(field, pid="self"):
+    """VmRSS (now) or VmHWM (peak) of a process (this one by default) in MB. (Not getrusage's
+    ru_maxrss, which a child inherits from the parent it was forked from.)"""
+    with open(f"/proc/{pid}/status") as f:
         for line in f:
             if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
@@ -167,6 +170,7 @@ def _memory_child(framework, config_key, backend, batch):
         import torch  # noqa: F401  (imported before the baseline)
     baseline = memory_mb("VmRSS")
     _, spec, _, training = CONFIGS[config_key]
+    model = None
     if framework == "numpyvit":
         model, x, y, training = build(config_key, backend, batch)
         step = numpyvit_step(model, x, y, training)
@@ -181,7 +185,9 @@ def _memory_child(framework, config_key, backend, batch):
                else torch.cuda.max_memory_allocated())
         print(json.dumps({"peak_mb": gpu / 2**20}))
     else:
-        print(json.dumps({"peak_mb": memory_mb("VmHWM") - baseline}))
+        workers = [worker.process.pid for shards in (getattr(model, "_shard_sets", None) or {}).values()
+                   for worker in getattr(shards, "workers", [])] if framework == "numpyvit" else []
+        print(json.dumps({"peak_mb": memory_mb("VmHWM") - baseline + sum(memory_mb("VmHWM", pid) for pid in workers)}))
 
 
 def torch_only_step(preset, batch, training, device):
@@ -206,7 +212,9 @@ def environment(backend, threads):
     lines = [
         f"python {platform.python_version()}, numpy {np.__version__}, BLAS {blas.get('name')} "
         f"{blas.get('version')}, numpyvit {numpyvit.__version__}, backend {backend}",
-        f"cpu: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; threads: {threads}; "
+        f"cpu: {tuning.cpu_model()}, {os.cpu_count()} cores; numpyvit threads: {parallel.num_threads()}, "
+        f"torch threads: {threads}; BLAS kernel: "
+        f"{', '.join(str(getattr(lib, 'architecture', '?')) for lib in parallel.blas_libraries()) or '?'}; "
         f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}, "
         f"OPENBLAS_THREAD_TIMEOUT={os.environ.get('OPENBLAS_THREAD_TIMEOUT', '(unset)')}",
     ]
@@ -264,7 +272,8 @@ def run_config(key, args, ceiling, have_torch):
             model.eval()
     times = time_alternately(steps, args.warmup, args.repeats, synchronizer(args.backend))
     row = dict(config=key, description=description, batch=batch, training=training,
-               numpyvit_img_s=batch / times["numpyvit"], gflops=flops / times["numpyvit"] / 1e9)
+               numpyvit_img_s=batch / times["numpyvit"], gflops=flops / times["numpyvit"] / 1e9,
+               way=model._strategy(batch) if model.xp is np else "cupy")
     row["ceiling_fraction"] = row["gflops"] / ceiling
     if have_torch:
         row.update(torch_img_s=batch / times["torch"], max_logit_diff=diff)
@@ -277,11 +286,11 @@ def run_config(key, args, ceiling, have_torch):
 
 
 def print_table(rows):
-    header = (f"{'cfg':<4}{'what':<36}{'batch':>6}{'numpyvit img/s':>16}{'torch img/s':>13}{'ratio':>7}"
+    header = (f"{'cfg':<4}{'what':<36}{'batch':>6}{'way':>10}{'numpyvit img/s':>16}{'torch img/s':>13}{'ratio':>7}"
               f"{'GFLOP/s':>9}{'of ceiling':>11}{'nvit MB':>9}{'torch MB':>9}{'|dlogit|':>10}")
     print(header)
     for r in rows:
-        print(f"{r['config']:<4}{r['description']:<36}{r['batch']:>6}{r['numpyvit_img_s']:>16.1f}"
+        print(f"{r['config']:<4}{r['description']:<36}{r['batch']:>6}{r['way']:>10}{r['numpyvit_img_s']:>16.1f}"
               f"{r.get('torch_img_s', float('nan')):>13.1f}{r.get('ratio', float('nan')):>7.2f}"
               f"{r['gflops']:>9.0f}{r['ceiling_fraction']:>10.0%} {r.get('numpyvit_mb', float('nan')):>8.0f}"
               f"{r.get('torch_mb', float('nan')):>9.0f}{r.get('max_logit_diff') or float('nan'):>10.1e}")
@@ -310,12 +319,19 @@ def scaling_table(args):
 
 
 def profile_table(key, args, steps=5):
-    """Share of numpyvit's step time per layer type (each layer's own time: a Block's excludes
-    its LayerNorms, attention and MLP), wall clock on the calling thread, which waits for the
-    worker threads at the end of each parallel piece of work."""
-    model, x, y, training = build(key, args.backend, args.batch)
-    step = numpyvit_step(model, x, y, training)
+    """Share of one core's step time per layer type (each layer's own time: a Block's excludes its
+    LayerNorms, attention and MLP). On the CPU this is one shard's work, batch / threads images on
+    one thread with single-threaded BLAS: what each core does when the batch is sharded."""
+    threads = parallel.num_threads() if args.backend == "numpy" else 1
+    batch = max(1, (args.batch or CONFIGS[key][2]) // threads)
+    model, x, y, training = build(key, args.backend, batch)
     sync = synchronizer(args.backend)
+    with tuning.forced("blas"):
+        inner = numpyvit_step(model, x, y, training)
+
+    def step():
+        with tuning.forced("blas"), parallel.single_threaded_blas():
+            parallel.run_on_threads([inner])                         # as a worker: nothing split further
     own = {}                                                         # layer type -> seconds
     open_calls = []                                                  # time spent in children
 
@@ -338,6 +354,8 @@ def profile_table(key, args, steps=5):
         kind = type(module).__name__
         if kind != "VisionTransformer":
             module.forward, module.backward = timed(module.forward, kind), timed(module.backward, kind)
+        if hasattr(module, "normalize"):                             # a LayerNorm whose affine map is folded
+            module.normalize = timed(module.normalize, kind)
     step()                                                           # warm-up
     own.clear()
     start = time.perf_counter()
@@ -346,7 +364,8 @@ def profile_table(key, args, steps=5):
     sync()
     total = time.perf_counter() - start
     own["rest (loss, AdamW, wiring)"] = total - sum(own.values())
-    print(f"\nwhere the time goes, config {key} ({CONFIGS[key][0]}), {total / steps * 1e3:.0f} ms/step:")
+    print(f"\nwhere one core's time goes, config {key} ({CONFIGS[key][0]}), a shard of {batch} images on one "
+          f"thread, {total / steps * 1e3:.0f} ms/step:")
     for kind, seconds in sorted(own.items(), key=lambda item: -item[1]):
         print(f"  {kind:<28}{seconds / steps * 1e3:>8.1f} ms {seconds / total:>6.0%}")
 
@@ -386,6 +405,9 @@ def main(argv=None):
         rows.append(run_config(key.strip(), args, ceiling, have_torch))
         print(f"  measured config {key} ({rows[-1]['numpyvit_img_s']:.1f} img/s)", file=sys.stderr, flush=True)
     print_table(rows)
+    if args.backend == "numpy":
+        print("\nnumpyvit.tuning on this machine (ms per eval forward of each way, the fastest is used):")
+        print("\n".join("  " + line for line in tuning.summary()))
     if args.scaling:
         scaling_table(args)
     if args.profile:

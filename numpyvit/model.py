@@ -19,15 +19,21 @@ from .layers import (Attention, ClassToken, DropPath, Dropout, GlobalPool, Layer
                      LearnedPositionEmbedding, LearnedPositionEmbedding2D, Module, Mlp,
                      PatchEmbed, SinCosPositionEmbedding2D, Linear)
 from .layers.base import new_parameter, trunc_normal
-from .parallel import add_to, own_threads
+from .parallel import add_to, num_threads, single_threaded_blas
+from .shards import ThreadShards
+from .workers import ProcessShards
+from .tuning import choose_strategy
 
 POS_EMBED_KINDS = ("learned", "learned_2d", "sincos")
+SHARDED = {"threads": ThreadShards, "processes": ProcessShards}
 
 
 class Block(Module):
     """Pre-norm transformer block:
         x = x + DropPath(Attn(LN1(x)));   x = x + DropPath(MLP(LN2(x)))
     Backward of a residual x_out = x + f(x): dx = dy + f'(x)^T dy.
+    Each LayerNorm only normalizes; its weight and bias are applied inside the first product of
+    its branch (qkv, fc1), folded into that product's weights (see numpyvit.layers.linear).
     """
 
     def __init__(self, dim, num_heads, mlp_ratio=4.0, qkv_bias=True, drop=0.0, attn_drop=0.0,
@@ -42,8 +48,8 @@ class Block(Module):
     def forward(self, x):
         # x + branch(x) is written add_to(branch(x), x): the branch's output is a fresh array
         # that no layer caches, so x is added into it in place (on all CPU cores)
-        x = add_to(self.drop_path1(self.attn(self.norm1(x))), x)
-        x = add_to(self.drop_path2(self.mlp(self.norm2(x))), x)
+        x = add_to(self.drop_path1(self.attn(self.norm1.normalize(x), affine=self.norm1)), x)
+        x = add_to(self.drop_path2(self.mlp(self.norm2.normalize(x), affine=self.norm2)), x)
         return x
 
     def backward(self, dy):
@@ -70,6 +76,9 @@ class VisionTransformer(Module):
       backend                'numpy' or 'cupy' (default: $NUMPYVIT_BACKEND, else numpy)
       seed                   seeds the weight init (the same on every backend) and the dropout masks
     """
+
+    _not_replicated = ("_shard_sets",)                              # see numpyvit.shards.replicate
+    _shard_sets = None
 
     def __init__(self, *, img_size=224, patch_size=16, in_chans=3, num_classes=1000, embed_dim=768,
                  depth=12, num_heads=12, mlp_ratio=4.0, qkv_bias=True, drop_rate=0.0,
@@ -133,27 +142,67 @@ class VisionTransformer(Module):
     def forward(self, x):
         """Logits (B, num_classes) for images x (B, C, H, W)."""
         x = self._check_images(x)
-        with own_threads(self._activations(x.shape[0])):
-            for stage in self.stages:
-                x = stage(x)
-        self._save_for_backward(x.shape)
+        strategy = self._strategy(x.shape[0])
+        if strategy in SHARDED:
+            with single_threaded_blas():
+                x = self._shards(strategy).forward(x)
+        elif strategy == "split":
+            with single_threaded_blas():
+                x = self.forward_stages(x)
+        else:
+            x = self.forward_stages(x)
+        self._save_for_backward(x.shape, strategy)
         return x
 
     def backward(self, dlogits):
         """Gradient of the images (B, C, H, W); fills every parameter's ``grad``."""
-        (shape,) = self._saved()
+        shape, strategy = self._saved()
         dlogits = self._to_device(dlogits, "dlogits")
         if tuple(dlogits.shape) != tuple(shape):
             raise ValueError(f"dlogits must have the logits' shape {tuple(shape)}, got {tuple(dlogits.shape)}")
         dx = dlogits.astype(self.dtype, copy=False)
-        with own_threads(self._activations(shape[0])):
-            for stage in reversed(self.stages):
-                dx = stage.backward(dx)
-        return dx
+        if strategy in SHARDED:
+            with single_threaded_blas():
+                return self._shards(strategy).backward(dx)
+        if strategy == "split":
+            with single_threaded_blas():
+                return self.backward_stages(dx)
+        return self.backward_stages(dx)
 
-    def _activations(self, batch):
-        """Elements of one block's input for a batch (numpyvit.parallel.own_threads' measure)."""
-        return batch * (1 + self.patch_embed.num_patches) * self.embed_dim
+    def forward_stages(self, x):
+        """The layers' forward on images already checked (one shard's work)."""
+        for stage in self.stages:
+            x = stage(x)
+        return x
+
+    def backward_stages(self, dy):
+        for stage in reversed(self.stages):
+            dy = stage.backward(dy)
+        return dy
+
+    def _strategy(self, batch):
+        """How this forward uses the CPU cores: 'processes', 'threads', 'split' or 'blas'
+        (numpyvit.parallel; chosen by numpyvit.tuning)."""
+        if self.xp is not np or num_threads() == 1:
+            return "blas"
+        if any(getattr(block.attn, "record", False) for block in self.blocks):
+            return "split"                                           # attention maps: one copy of the layers
+        return choose_strategy(self, batch)
+
+    def _shards(self, kind):
+        """One shard of the batch per thread ('threads') or process ('processes'), made on first
+        use (numpyvit.shards, numpyvit.workers)."""
+        if self._shard_sets is None:
+            self._shard_sets = {}
+        key = (kind, num_threads())
+        if key not in self._shard_sets:
+            self._shard_sets[key] = SHARDED[kind](self, num_threads())
+        return self._shard_sets[key]
+
+    def release_shards(self, keep=None):
+        """Stop the worker processes and drop the replicas of every way but ``keep``."""
+        for key in [key for key in (self._shard_sets or {}) if key[0] != keep]:
+            self._shard_sets.pop(key).close()
 
     def _to_device(self, x, what):
         if not hasattr(x, "shape") or not hasattr(x, "dtype"):
@@ -206,3 +255,4 @@ class VisionTransformer(Module):
     def patch_position_embeddings(self):
         """The position embedding of each patch (N, D), row-major over the patch grid."""
         return self.pos.table()[0, 1:]
+

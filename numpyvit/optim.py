@@ -18,7 +18,7 @@ import numpy as np
 
 from .backend import array_module
 from .layers.base import Parameter
-from .parallel import map_rows, own_threads
+from .parallel import map_rows, single_threaded_blas
 
 
 class ParamGroup:
@@ -137,7 +137,7 @@ class AdamW:
         self.step_count = int(state["step"])
 
 
-@own_threads()
+@single_threaded_blas()
 def clip_grad_norm(optimizer, max_norm):
     """Scale all gradients so their global L2 norm is at most ``max_norm``; returns the norm
     before clipping (a 0-d array on the device: no host sync unless you ``float()`` it).

@@ -1,41 +1,61 @@
-"""Row-independent NumPy work on every CPU core, in cache-sized pieces.
+"""Spreading NumPy work over the CPU cores: threads, pieces, and BLAS's own threads.
 
 NumPy runs elementwise operations, reductions and stacks of small matrix products on one
-core; only large matrix products (BLAS) use all of them. For work that is independent row
-by row (an activation, a normalization, each image's attention), ``map_rows(fn, n)`` splits
-``range(n)`` into contiguous pieces and calls ``fn(rows)`` for each piece, from one thread
-per core: NumPy releases the GIL inside its loops, so the pieces run at the same time. The
-pieces are also small enough (about ``chunk_bytes`` per array) that a chain of operations
-finds its data still in the CPU cache. The result is exactly that of ``fn(slice(0, n))``.
+core; only large matrix products (BLAS) use all of them, on BLAS's own thread pool. numpyvit
+uses the other cores in one of three ways, chosen per model and batch by ``numpyvit.tuning``
+from measurements on the machine it runs on:
 
-On CuPy (the GPU is already parallel), with one core, or for small work, it is that call.
+  shards  every thread runs the whole model on its slice of the batch (``numpyvit.shards``):
+          two hand-offs a step, BLAS on one thread;
+  split   one thread runs the layers; each large product is cut by rows into one piece per
+          thread (``matmul``) and each row-wise pass into cache-sized pieces (``map_rows``),
+          BLAS on one thread (``single_threaded_blas``);
+  blas    like split, but products run on BLAS's own threads (fewer hand-offs for small work).
+
+Why BLAS on one thread in the first two: OpenBLAS's idle threads keep spinning for a while after
+each product, holding a core that numpyvit's own threads need next.
+
+``map_rows(fn, n)`` calls ``fn(rows)`` over pieces of ``range(n)`` of about
+``settings.chunk_bytes`` per array, so a chain of operations finds its data still in the CPU
+cache; from one thread per core (NumPy releases the GIL inside its loops), or in order on the
+calling thread when it is itself one of numpyvit's workers (a shard). The result is exactly that
+of ``fn(slice(0, n))``. On CuPy (the GPU is already parallel) it is that call.
 The number of threads is the number of CPUs this process may use, or ``$NUMPYVIT_THREADS``.
-
-Matrix products are the other half of the work. OpenBLAS, the BLAS in NumPy's wheels, runs a
-large product on every core with a thread pool of its own, whose threads then keep spinning
-for a while, waiting for the next product: a spinning thread holds a core that numpyvit's
-threads need for the next LayerNorm or attention. So inside ``own_threads()`` (the forward and
-backward of a model with large activations, gradient clipping) OpenBLAS is set to one thread
-and ``matmul`` splits each product by rows into one piece per core itself: every core runs
-exactly one busy thread and nothing spins. Outside it, and with a BLAS whose threads cannot be
-set (not OpenBLAS, or not Linux), BLAS keeps its own threads and ``matmul`` is plain ``a @ b``.
 """
 import contextlib
-import ctypes
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from .backend import array_module
 
-CHUNK_BYTES = 256 * 1024                                             # per array, per piece
-MIN_SPLIT_WORK = 2**18              # multiply-adds below which a product is not worth splitting
-MIN_SPLIT_ELEMENTS = 2**18          # elements below which multiply / add_to run in one piece
-OWN_THREADS_MIN = 2**19             # activations below which own_threads() leaves BLAS alone
+
+@dataclass(frozen=True)
+class Settings:
+    """How work is cut into pieces (numpyvit.tuning measures them per machine)."""
+
+    chunk_bytes: int = 256 * 1024      # per array, per piece of a row-wise pass
+    min_split_work: int = 2**18        # multiply-adds below which a product runs in one piece
+    min_split_elements: int = 2**18    # elements below which multiply / add_to run in one piece
+
+
+settings = Settings()
 _pool = None
-_local = threading.local()          # .worker: this thread is running a piece already
+_local = threading.local()             # .worker: this thread is one of numpyvit's workers
+
+
+@contextlib.contextmanager
+def configured(**changes):
+    """Temporarily change ``settings`` (tests, calibration)."""
+    global settings
+    saved, settings = settings, replace(settings, **changes)
+    try:
+        yield settings
+    finally:
+        settings = saved
 
 
 # the CPUs this process may run on (a container or `taskset` may allow fewer than the machine has)
@@ -46,6 +66,11 @@ def num_threads():
     return max(1, int(os.environ.get("NUMPYVIT_THREADS", _CPUS)))
 
 
+def in_worker():
+    """True on a thread already running numpyvit work in parallel with others (no nesting)."""
+    return getattr(_local, "worker", False)
+
+
 def _thread_pool():
     global _pool
     if _pool is None or _pool._max_workers < num_threads() - 1:
@@ -53,88 +78,62 @@ def _thread_pool():
     return _pool
 
 
+def run_on_threads(tasks):
+    """[task() for task in tasks], task 0 on this thread and each other on a pool thread, all
+    at once; each runs as a worker (its own map_rows / matmul run in place, not nested)."""
+    def work(task):
+        was = in_worker()
+        _local.worker = True
+        try:
+            return task()
+        finally:
+            _local.worker = was
+
+    futures = [_thread_pool().submit(work, task) for task in tasks[1:]]
+    first = work(tasks[0])
+    return [first] + [future.result() for future in futures]
+
+
 def map_rows(fn, n, row_bytes, xp=np):
-    """Call ``fn(slice)`` over pieces of ``range(n)``, in parallel; ``row_bytes`` is the size of
-    one row of the largest array ``fn`` touches (to size the pieces)."""
-    threads = num_threads()
-    rows = max(1, CHUNK_BYTES // max(1, row_bytes))
-    if xp is not np or threads == 1 or n < 2 * rows or getattr(_local, "worker", False):  # (no nesting)
+    """Call ``fn(slice)`` over pieces of ``range(n)``; ``row_bytes`` is the size of one row of the
+    largest array ``fn`` touches (to size the pieces)."""
+    rows = max(1, settings.chunk_bytes // max(1, row_bytes))
+    if xp is not np or n < 2 * rows:
         fn(slice(0, n))
         return
     pieces = [slice(start, min(start + rows, n)) for start in range(0, n, rows)]
-    _run_shares(fn, [pieces[i::threads] for i in range(threads)])   # interleaved: balanced
+    threads = 1 if in_worker() else num_threads()
+    run_on_threads([(lambda share=pieces[i::threads]: [fn(piece) for piece in share])   # interleaved
+                    for i in range(min(threads, len(pieces)))])
 
 
-def _run_shares(fn, shares):
-    """``fn(piece)`` for every piece; shares[0] on this thread, each other share on a pool thread."""
-    def work(share):
-        _local.worker = True
-        try:
-            for piece in share:
-                fn(piece)
-        finally:
-            _local.worker = False
-
-    futures = [_thread_pool().submit(work, share) for share in shares[1:]]
-    work(shares[0])
-    for future in futures:
-        future.result()
-
-
-# ----- matrix products -------------------------------------------------------------------------
-_blas = None                        # (set_num_threads, get_num_threads) of OpenBLAS, or False
-_owner = dict(depth=0, saved=None)  # own_threads() nesting, and OpenBLAS's thread count before it
+# ----- BLAS threads -------------------------------------------------------------------------------
+_blas = None                           # threadpoolctl's controllers of the loaded BLAS libraries
+_owner = dict(depth=0, saved=None)     # single_threaded_blas() nesting, and the thread counts before it
 _owner_lock = threading.Lock()
 
 
-def _openblas_threads():
-    """OpenBLAS's (set_num_threads, get_num_threads), found among the libraries this process has
-    loaded (Linux), or None."""
+def blas_libraries():
+    """threadpoolctl's controllers of the BLAS libraries loaded in this process (OpenBLAS, MKL,
+    BLIS, on Linux, macOS and Windows); empty if none can be controlled."""
     global _blas
     if _blas is None:
-        _blas = _find_openblas_threads() or False
-    return _blas or None
+        from threadpoolctl import ThreadpoolController
 
-
-def _find_openblas_threads():
-    try:
-        with open("/proc/self/maps") as maps:
-            paths = {line.split()[-1] for line in maps if "openblas" in line.lower() and ".so" in line}
-    except OSError:
-        return None
-    for path in sorted(paths):
-        try:
-            lib = ctypes.CDLL(path)                                  # already loaded: same handle
-        except OSError:
-            continue
-        for name in ("scipy_openblas_{}_num_threads64_", "scipy_openblas_{}_num_threads",
-                     "openblas_{}_num_threads64_", "openblas_{}_num_threads"):
-            setter, getter = getattr(lib, name.format("set"), None), getattr(lib, name.format("get"), None)
-            if setter is not None and getter is not None:
-                setter.argtypes, setter.restype, getter.restype = [ctypes.c_int], None, ctypes.c_int
-                return setter, getter
-    return None
+        _blas = ThreadpoolController().select(user_api="blas").lib_controllers
+    return _blas
 
 
 @contextlib.contextmanager
-def own_threads(activations=None):
-    """While inside (re-entrant; also a decorator), OpenBLAS runs on one thread and ``matmul``
-    spreads products over numpyvit's threads; the previous BLAS thread count comes back after.
-
-    ``activations``: the number of elements in one layer's activations (batch x tokens x width).
-    Below OWN_THREADS_MIN nothing changes: products that small are over in tens of microseconds,
-    about what it takes to wake a numpyvit thread, while OpenBLAS's spinning threads start at
-    once (mnist_tiny at batch 128 trains ~15% faster that way)."""
-    small = activations is not None and activations < OWN_THREADS_MIN
-    blas = _openblas_threads() if num_threads() > 1 and not small else None
-    if blas is None:
-        yield
-        return
-    set_threads, get_threads = blas
+def single_threaded_blas():
+    """While inside (re-entrant; also a decorator), BLAS runs on one thread and ``matmul`` spreads
+    large products over numpyvit's threads itself; BLAS's thread counts come back after."""
+    libraries = blas_libraries() if num_threads() > 1 else []
     with _owner_lock:
         if _owner["depth"] == 0:
-            _owner["saved"] = get_threads()
-            set_threads(1)
+            _owner["saved"] = [lib.num_threads for lib in libraries]
+            for lib in libraries:
+                lib.set_num_threads(1)
         _owner["depth"] += 1
     try:
         yield
@@ -142,29 +141,32 @@ def own_threads(activations=None):
         with _owner_lock:
             _owner["depth"] -= 1
             if _owner["depth"] == 0:
-                set_threads(_owner["saved"])
+                for lib, count in zip(libraries, _owner["saved"]):
+                    lib.set_num_threads(count)
 
 
+# ----- matrix products -------------------------------------------------------------------------
 def matmul(a, b, bias=None):
-    """``a @ b (+ bias)`` for a (M, K), b (K, N) or (K,), bias (N,): inside ``own_threads()``, on
-    NumPy, rows of a (and of the result) are split into one contiguous piece per thread."""
+    """``a @ b (+ bias)`` for a (M, K), b (K, N) or (K,), bias (N,): inside ``single_threaded_blas()``,
+    on NumPy and off the workers, rows of a (and of the result) are split into one contiguous
+    piece per thread."""
     threads = num_threads()
-    M = a.shape[0]
-    if (_owner["depth"] == 0 or threads == 1 or getattr(_local, "worker", False)
-            or not isinstance(a, np.ndarray) or a.size * (b.shape[-1] if b.ndim == 2 else 1) < MIN_SPLIT_WORK):
+    if (_owner["depth"] == 0 or threads == 1 or in_worker() or not isinstance(a, np.ndarray)
+            or a.size * (b.shape[-1] if b.ndim == 2 else 1) < settings.min_split_work):
         out = a @ b
         if bias is not None:
             out += bias
         return out
-    out = np.empty((M,) + b.shape[1:], dtype=np.result_type(a, b))
+    out = np.empty((a.shape[0],) + b.shape[1:], dtype=np.result_type(a, b))
 
     def piece(rows):
         np.matmul(a[rows], b, out=out[rows])
         if bias is not None:
             out[rows] += bias                                        # while the piece is in cache
 
+    M = a.shape[0]
     bounds = [M * i // threads for i in range(threads + 1)]
-    _run_shares(piece, [[slice(bounds[i], bounds[i + 1])] for i in range(threads)])
+    run_on_threads([(lambda r=slice(bounds[i], bounds[i + 1]): piece(r)) for i in range(threads)])
     return out
 
 
@@ -189,7 +191,7 @@ def add_to(out, x):
 
 def _rowwise(fn, inputs, out):
     """``fn(*input_rows, out_rows)`` over pieces of rows of C-contiguous ``out``."""
-    if out.size < MIN_SPLIT_ELEMENTS:
+    if out.size < settings.min_split_elements:
         fn(*inputs, out)
         return
     n = out.shape[-1]

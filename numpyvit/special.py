@@ -46,7 +46,7 @@ _G = (0.17900115118138996, -0.32623356004303722, 0.24560380171233473, -0.1501159
       2.0133850900902886e-06, 1.2715037251638398e-06)
 # atanh(erf(x))/x for x^2 in [0, 16], as float32 values. erf(4) rounds to 1 in float32; at the clip,
 # 4.5 * P(4.5^2) = 15.2 lies past 10, from where NumPy's float32 tanh returns exactly 1.
-_P32 = (1.12837923, 0.102768406, -0.000189562896, -0.00062198285, 8.84876208e-05,
+P32 = (1.12837923, 0.102768406, -0.000189562896, -0.00062198285, 8.84876208e-05,
         -5.80640972e-06, 1.49575087e-07)
 
 
@@ -80,7 +80,7 @@ def erf(x, out=None):
 def _erf_float32(x, out):
     xc = np.clip(x, -4.5, 4.5)  # x is read once, here, so out may be x
     t = xc * xc
-    _horner(t, _P32, out)
+    horner(t, P32, out)
     out *= xc
     return np.tanh(out, out=out)
 
@@ -91,13 +91,13 @@ def _erf_float64(x, out):
     far = np.flatnonzero(~small)  # than boolean-mask indexing on mixed data; far has +-inf, nan
     xn, xf = np.take(x, near), np.take(x, far)  # copies, so out may overlap x
     af = np.minimum(np.abs(xf), 6.0)  # keeps nan
-    erfc = np.exp(-af * af) * _horner((af - 3.0) / (af + 3.0), _G)
-    np.put(out, near, xn * _horner(xn * xn, _S))
+    erfc = np.exp(-af * af) * horner((af - 3.0) / (af + 3.0), _G)
+    np.put(out, near, xn * horner(xn * xn, _S))
     np.put(out, far, np.copysign(1.0 - erfc, xf))
     return out
 
 
-def _horner(t, coeffs, out=None):
+def horner(t, coeffs, out=None):
     """coeffs[0] + coeffs[1] t + ... + coeffs[-1] t^n by Horner's rule, into out (or a new
     array)."""
     out = np.multiply(t, coeffs[-1], out=out)

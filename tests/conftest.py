@@ -12,12 +12,19 @@ lose accuracy there (a property of the function, not a bug). Checking at a rando
 also exercises every term of each backward formula.
 """
 import functools
+import os
+import tempfile
 
 import numpy as np
 import pytest
 
 import numpyvit
 from numpyvit.backend import array_module
+
+# The tests never measure the machine (numpyvit.tuning) unless a test asks for it, and never write
+# into the user's cache: without measuring, a batch with an image per thread is sharded on threads.
+os.environ["NUMPYVIT_TUNING"] = "off"
+os.environ["NUMPYVIT_CACHE_DIR"] = tempfile.mkdtemp(prefix="numpyvit-tests-")
 
 
 @functools.lru_cache(maxsize=None)

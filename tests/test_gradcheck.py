@@ -13,7 +13,7 @@ class LinearWithWrongBackward(Linear):
     transposed weight gradient (dW = x^T dy reshaped, instead of dy^T x)."""
 
     def backward(self, dy):
-        (x2,) = self._saved()
+        x2, _, _ = self._saved()
         dy2 = dy.reshape(-1, self.out_features)
         self.weight.accumulate((x2.T @ dy2).reshape(self.weight.shape))
         self.bias.accumulate(dy2.sum(axis=0))

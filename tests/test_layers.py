@@ -307,6 +307,18 @@ class TestAttention:
         assert p.dtype == dtype and np.isfinite(p).all()
         np.testing.assert_allclose(p, expected, rtol=1e-5 if dtype == np.float32 else 1e-13, atol=1e-30)
 
+    @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+    def test_softmax_without_the_max_subtraction_is_exact_too(self, dtype):
+        """Scores all below 64 skip the subtraction; a row far below the others then underflows
+        and is redone with its own max."""
+        s = np.array([[[0.0, 1.0, 2.0, 63.0], [-200.0, -201.0, -202.0, -200.5], [-3.0, 0.0, 3.0, 0.5],
+                       [10.0, 10.0, 10.0, 10.0]]], dtype=dtype)
+        expected = np.exp(s - s.max(axis=-1, keepdims=True).astype(np.float64))
+        expected /= expected.sum(axis=-1, keepdims=True)
+        p = softmax(s.copy())
+        assert np.isfinite(p).all()
+        np.testing.assert_allclose(p, expected, rtol=1e-5 if dtype == np.float32 else 1e-13, atol=1e-30)
+
     def test_refuses_embed_dim_not_divisible_by_heads(self):
         with pytest.raises(ValueError, match=r"embed_dim \(10\) must be divisible by num_heads \(4\)"):
             Attention(10, 4)

@@ -10,6 +10,11 @@ pieces of rows in parallel (numpyvit.parallel), writing into preallocated output
 
 GELU (exact):  f(x) = x * Phi(x),  Phi(x) = (1 + erf(x / sqrt 2)) / 2   (normal CDF)
                f'(x) = Phi(x) + x * phi(x),  phi(x) = exp(-x^2 / 2) / sqrt(2 pi)   (normal PDF)
+               In float32, erf(x / sqrt 2) = tanh(x Q(x^2)): numpyvit.special's float32 erf,
+               erf(z) = tanh(z P(z^2)), with z = x / sqrt 2 folded into the coefficients,
+               Q(s) = P(s / 2) / sqrt 2, so x^2 serves both the polynomial and phi, and no pass
+               scales or clips x (x Q(x^2) >= 6.29 for |x| >= 4.5, where tanh is 1 in float32).
+               float64 (gradient checks) uses numpyvit.special.erf.
 GELU (tanh):   f(x) = x * (1 + tanh(u)) / 2,  u = sqrt(2/pi) * (x + 0.044715 x^3)
                f'(x) = (1 + t) / 2 + x * (1 - t^2) / 2 * sqrt(2/pi) * (1 + 3 * 0.044715 x^2),  t = tanh(u)
 ReLU:          f(x) = max(x, 0),  f'(x) = 1 if x > 0 else 0
@@ -17,13 +22,16 @@ ReLU:          f(x) = max(x, 0),  f'(x) = 1 if x > 0 else 0
 import abc
 import math
 
+import numpy as np
+
 from ..backend import array_module
 from ..parallel import map_rows, multiply
-from ..special import erf
+from ..special import P32, erf, horner
 from .base import Module
 
 SQRT_HALF = math.sqrt(0.5)
 INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+Q32 = tuple(float(np.float32(p / (2.0**k * math.sqrt(2.0)))) for k, p in enumerate(P32))  # Q(s) = P(s/2) / sqrt 2
 SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 TANH_CUBIC = 0.044715
 
@@ -58,16 +66,23 @@ class GELU(Activation):
 
     def evaluate(self, x, y, slope):
         xp, c = array_module(x), x.dtype.type
-        erf(x * c(SQRT_HALF), out=y)                                 # erf(x / sqrt 2)
-        y += 1
-        y *= 0.5                                                     # Phi(x)
+        if x.dtype == np.float32:
+            s = xp.multiply(x, x)                                    # x^2
+            horner(s, Q32, out=y)
+            y *= x
+            xp.tanh(y, out=y)                                        # erf(x / sqrt 2)
+        else:
+            s = None
+            erf(x * c(SQRT_HALF), out=y)                             # erf(x / sqrt 2)
+        y *= c(0.5)
+        y += c(0.5)                                                  # Phi(x)
         if slope is not None:
-            xp.multiply(x, x, out=slope)
-            slope *= c(-0.5)
-            xp.exp(slope, out=slope)
-            slope *= c(INV_SQRT_2PI)                                 # phi(x)
-            slope *= x
-            slope += y                                               # Phi(x) + x phi(x)
+            s = xp.multiply(x, x, out=s)
+            s *= c(-0.5)
+            xp.exp(s, out=s)
+            s *= x
+            s *= c(INV_SQRT_2PI)                                     # x phi(x)
+            xp.add(y, s, out=slope)                                  # Phi(x) + x phi(x)
         y *= x
 
 

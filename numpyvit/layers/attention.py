@@ -33,18 +33,21 @@ def softmax(s, out=None):
 
     softmax(s) = softmax(s - c) for any c constant along a row; subtracting a large enough c
     keeps exp from overflowing. NumPy's max over a short last axis is ~30x slower than over a
-    whole (N, N) block, so on the CPU c is each block's max; if a row then sums below 1e-20
-    (its own max lies over 46 below its block's, where exp would lose precision), the
+    whole (N, N) block, so on the CPU c is each block's max, and where no score exceeds 64
+    (exp(64) ~ 6e27, far from float32's 3e38) c = 0 and the subtraction is skipped; if a row
+    then sums below 1e-20 (its scores lie far below c, where exp would lose precision), the
     exact per-row max is used instead. On the GPU the row max is cheap and always used.
     """
     xp = array_module(s)
     e = xp.empty_like(s) if out is None else out
     if xp is np:
-        blocks = s.reshape(-1, s.shape[-2] * s.shape[-1])           # (B*H, N*N)
-        xp.subtract(s, blocks.max(axis=1).reshape(s.shape[:-2] + (1, 1)), out=e)
+        block_max = s.reshape(-1, s.shape[-2] * s.shape[-1]).max(axis=1)  # (B*H,) of (N*N) blocks
+        if block_max.max() > 64:
+            xp.exp(xp.subtract(s, block_max.reshape(s.shape[:-2] + (1, 1)), out=e), out=e)
+        else:
+            xp.exp(s, out=e)
     else:
-        xp.subtract(s, s.max(axis=-1, keepdims=True), out=e)
-    xp.exp(e, out=e)
+        xp.exp(xp.subtract(s, s.max(axis=-1, keepdims=True), out=e), out=e)
     sums = row_sum(e, keepdims=True)                                 # (..., N, 1)
     if xp is np and sums.min() < 1e-20:
         xp.exp(s - s.max(axis=-1, keepdims=True), out=e)
@@ -70,11 +73,12 @@ class Attention(Module):
         self.proj_drop = Dropout(proj_drop, xp=xp)
         self.record, self.recorded = False, None
 
-    def forward(self, x):
+    def forward(self, x, affine=None):
+        """``affine``: the LayerNorm whose ``normalize`` made x, folded into qkv (Linear)."""
         xp = array_module(x)
         B, N, D = x.shape
         H, d = self.num_heads, self.head_dim
-        qkv = self.qkv(x).reshape(B, N, 3, H, d).transpose(2, 0, 3, 1, 4)   # (3, B, H, N, d) view
+        qkv = self.qkv(x, affine).reshape(B, N, 3, H, d).transpose(2, 0, 3, 1, 4)   # (3, B, H, N, d) view
         q, k, v = qkv
         q_scaled = xp.empty((B, H, N, d), dtype=x.dtype)
         p = xp.empty((B, H, N, N), dtype=x.dtype)

@@ -11,6 +11,11 @@ Backward:  dg += sum(dy * xhat),  db += sum(dy)             (summed over all lea
            so the product dy * xhat serves both dg and the last term.
 Caches: xhat (..., D) and rstd (..., 1): x and mu are not needed again, because the
 backward formula is written in terms of the normalized input.
+
+``normalize(x)`` returns xhat alone, for a Linear that folds g and b into its own weights
+(``Linear.forward(xhat, affine=norm)``: (xhat g + b) W^T = xhat (W diag g)^T + W b, which costs
+O(D x out) per step instead of two passes over every activation, and the Linear then also
+computes dg and db). Its backward takes dxhat, the gradient of xhat, and skips the dg / db sums.
 """
 import numpy as np
 
@@ -27,11 +32,20 @@ class LayerNorm(Module):
         self.bias = new_parameter(np.zeros(dim), xp, dtype, weight_decay=False)
 
     def forward(self, x):
+        """y = xhat * g + b."""
+        return self._normalize(x, affine=True)
+
+    def normalize(self, x):
+        """xhat = (x - mu) * rstd, for a following Linear that applies g and b (see above)."""
+        return self._normalize(x, affine=False)
+
+    def _normalize(self, x, affine):
         xp, D = array_module(x), self.dim
         if x.shape[-1] != D:
             raise ValueError(f"LayerNorm({D}) needs inputs whose last axis is {D}, got shape {tuple(x.shape)}")
         x2 = x.reshape(-1, D)                                        # (M, D)
-        xhat, y = xp.empty_like(x2), xp.empty_like(x2)
+        xhat = xp.empty_like(x2)
+        y = xp.empty_like(x2) if affine else xhat
         rstd = xp.empty((x2.shape[0], 1), dtype=x.dtype)
         g, b, inv_d, eps = self.weight.data, self.bias.data, x.dtype.type(1.0 / D), x.dtype.type(self.eps)
 
@@ -40,22 +54,34 @@ class LayerNorm(Module):
             xp.subtract(x2[r], row_mean(x2[r], keepdims=True), out=xh)        # x - mu
             rstd[r] = (row_dot(xh, xh, keepdims=True) * inv_d + eps) ** -0.5
             xh *= rstd[r]
-            xp.multiply(xh, g, out=y[r])
-            y[r] += b
+            if affine:
+                xp.multiply(xh, g, out=y[r])
+                y[r] += b
 
         map_rows(normalize, x2.shape[0], D * x.itemsize, xp)
-        self._save_for_backward(xhat, rstd)
+        self._save_for_backward(xhat, rstd, affine)
         return y.reshape(x.shape)
 
     def backward(self, dy):
-        xhat, rstd = self._saved()
+        """dx from dy (after ``forward``) or from dxhat (after ``normalize``)."""
+        xhat, rstd, affine = self._saved()
         xp, g = array_module(dy), self.weight.data
         dy2 = dy.reshape(xhat.shape)                                 # (M, D)
+        dx = xp.empty_like(dy2)
+        inv_d = dy.dtype.type(1.0 / self.dim)
+        if not affine:                                               # dy2 is dxhat
+            def through_normalize(r):
+                mean_dxhat_xhat = row_dot(dy2[r], xhat[r], keepdims=True) * inv_d
+                d = dx[r]
+                xp.subtract(dy2[r], row_mean(dy2[r], keepdims=True), out=d)
+                d -= xp.multiply(xhat[r], mean_dxhat_xhat)
+                d *= rstd[r]
+
+            map_rows(through_normalize, dy2.shape[0], self.dim * dy.itemsize, xp)
+            return dx.reshape(dy.shape)
         dy_xhat = multiply(dy2, xhat)                                # dy * xhat, on all cores
         self.weight.accumulate(col_sum(dy_xhat))
         self.bias.accumulate(col_sum(dy2))
-        dx = xp.empty_like(dy2)
-        inv_d = dy.dtype.type(1.0 / self.dim)
 
         def through_norm(r):
             mean_dxhat = matvec(dy2[r], g, keepdims=True) * inv_d             # (rows, 1)

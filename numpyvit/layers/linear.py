@@ -8,12 +8,20 @@ Backward:  dx = dy W                 (..., in)
            db += sum(dy)             (out,)
 Caches: x (a reference, not a copy) for dW.
 
+With ``affine`` (a LayerNorm whose ``normalize`` produced x = xhat), the layer computes
+y = (xhat g + beta) W^T + b without the pass that applies g and beta to every activation:
+           y = xhat W'^T + b',   W' = W diag(g),  b' = b + W beta          (O(out x in) per call)
+Backward:  dxhat = dy W',  dW' = dy^T xhat,  db' = sum(dy), and by the chain rule
+           dW = dW' diag(g) + db' beta^T,   db = db',
+           dg[i] = sum_o dW'[o, i] W[o, i],   dbeta = db' W          (added to the LayerNorm's grads)
+
 The leading axes (batch, tokens) are flattened to one axis M so each product is a single
 (M, in) x (in, out) matrix multiply, the shape BLAS is fastest at (``matmul`` is ``@``,
 spread over the CPU cores by numpyvit.parallel).
 """
 import numpy as np
 
+from ..backend import array_module
 from ..parallel import matmul
 from .base import Module, new_parameter, trunc_normal
 from .reductions import col_sum
@@ -34,20 +42,33 @@ class Linear(Module):
     def _matrix(self):
         return self.weight.data.reshape(self.out_features, self.in_features)  # (out, in), a view
 
-    def forward(self, x):
+    def forward(self, x, affine=None):
+        """y = x W^T + b; with ``affine`` (a LayerNorm), y = (x g + beta) W^T + b (see above)."""
         if x.shape[-1] != self.in_features:
             raise ValueError(f"Linear({self.in_features} -> {self.out_features}) needs inputs whose last axis "
                              f"is {self.in_features}, got shape {tuple(x.shape)}")
         x2 = x.reshape(-1, self.in_features)                        # (M, in)
-        y = matmul(x2, self._matrix().T, None if self.bias is None else self.bias.data)   # (M, out)
-        self._save_for_backward(x2)
+        W, b = self._matrix(), None if self.bias is None else self.bias.data
+        if affine is not None:
+            b = W @ affine.bias.data + (0 if b is None else b)                 # b' = b + W beta
+            W = W * affine.weight.data                                         # W' = W diag(g)
+        y = matmul(x2, W.T, b)                                       # (M, out)
+        self._save_for_backward(x2, W, affine)
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def backward(self, dy):
-        (x2,) = self._saved()
+        x2, W, affine = self._saved()
         dy2 = dy.reshape(-1, self.out_features)                     # (M, out)
-        self.weight.accumulate(matmul(dy2.T, x2).reshape(self.weight.shape))
+        dW = matmul(dy2.T, x2)                                       # (out, in)
+        db = col_sum(dy2) if self.bias is not None or affine is not None else None
+        dx = matmul(dy2, W)                                          # (M, in)
+        if affine is not None:                                       # W, b were W', b'
+            W, g = self._matrix(), affine.weight.data
+            affine.weight.accumulate(col_sum(dW * W))                # dg = sum over o of dW' * W
+            affine.bias.accumulate(db @ W)                           # dbeta = db' W
+            dW *= g
+            dW += array_module(dW).outer(db, affine.bias.data)       # dW = dW' diag(g) + db' beta^T
+        self.weight.accumulate(dW.reshape(self.weight.shape))
         if self.bias is not None:
-            self.bias.accumulate(col_sum(dy2))
-        dx = matmul(dy2, self._matrix())                            # (M, in)
+            self.bias.accumulate(db)
         return dx.reshape(*dy.shape[:-1], self.in_features)

@@ -1,0 +1,287 @@
+"""How numpyvit uses the CPU cores on this machine: measured on it, not assumed.
+
+What pays differs between machines: on one 2-core AMD server splitting every product across
+threads beat PyTorch, on a 2-core Intel server of the same size the same split was slower than one
+thread (its threads wake up more slowly). So two kinds of decision are timed here, once per
+machine, and remembered:
+
+1. Sizes (``calibrate_settings``, about a second): the piece size of row-wise passes
+   (numpyvit.parallel.Settings.chunk_bytes: the one at which a GELU runs fastest) and the sizes
+   below which a product or an elementwise pass runs in one piece (where splitting stops paying).
+2. The way each workload uses the cores (``choose_strategy``): for a model architecture, batch size,
+   training or inference and thread count, the first forward of that kind times one forward pass of
+   each way of numpyvit.parallel (processes, threads, split, blas) on the model itself in eval mode,
+   which changes nothing about the model (it caches nothing and draws no random numbers), and keeps
+   the fastest. Batch sizes are rounded to a power of two for this.
+
+Both are kept in ``<cache>/tuning.json`` (cache: $NUMPYVIT_CACHE_DIR, else $XDG_CACHE_HOME/numpyvit,
+else ~/.cache/numpyvit) under a fingerprint of the machine: CPU model, usable cores, NumPy and BLAS
+versions, BLAS kernel, OPENBLAS_CORETYPE. Another machine, or a new NumPy, measures again.
+
+    NUMPYVIT_PARALLEL=processes|threads|split|blas   always this way (nothing is measured)
+    NUMPYVIT_TUNING=off                              measure nothing: default sizes, and shards on
+                                                     threads when the batch has an image per thread
+    NUMPYVIT_THREADS=n                               the number of cores to use
+"""
+import contextlib
+import json
+import os
+import platform
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import parallel
+from .workers import SUPPORTED as PROCESSES_SUPPORTED
+
+STRATEGIES = ("processes", "threads", "split", "blas")
+SHARDED = ("processes", "threads")
+CACHE_NAME = "tuning.json"
+_forced = threading.local()
+_state = dict(settings_applied=False, fingerprint=None)
+_decisions = {}                        # workload key -> strategy, for this process
+_lock = threading.RLock()
+
+
+class TuningError(ValueError):
+    """NUMPYVIT_PARALLEL or NUMPYVIT_TUNING holds a value numpyvit does not know."""
+
+
+def cache_path():
+    root = os.environ.get("NUMPYVIT_CACHE_DIR")
+    if not root:
+        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "numpyvit"
+    return Path(root) / CACHE_NAME
+
+
+def tuning_enabled():
+    value = os.environ.get("NUMPYVIT_TUNING", "on").strip().lower()
+    if value not in ("on", "off", "1", "0"):
+        raise TuningError(f"NUMPYVIT_TUNING must be 'on' or 'off', got {value!r}")
+    return value in ("on", "1")
+
+
+def machine():
+    """A description of what makes timings differ between machines (the cache's key)."""
+    blas = [dict(api=lib.internal_api, version=lib.version, kernel=getattr(lib, "architecture", None))
+            for lib in parallel.blas_libraries()]
+    return dict(cpu=cpu_model(), cores=parallel.num_threads(), numpy=np.__version__, blas=blas,
+                coretype=os.environ.get("OPENBLAS_CORETYPE"))
+
+
+def cpu_model():
+    """The CPU's model name, with its family and model numbers (Linux: /proc/cpuinfo; elsewhere
+    what ``platform`` knows)."""
+    fields = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    if "model name" not in fields:
+        return platform.processor() or platform.machine()
+    numbers = f" (family {fields['cpu family']} model {fields['model']})" if "cpu family" in fields else ""
+    return fields["model name"] + numbers
+
+
+def fingerprint():
+    if _state["fingerprint"] is None:
+        _state["fingerprint"] = json.dumps(machine(), sort_keys=True)
+    return _state["fingerprint"]
+
+
+# ----- the cache file ------------------------------------------------------------------------------
+def load_cache():
+    """{fingerprint: {"machine": ..., "settings": ..., "workloads": {key: entry}}}; {} if unreadable."""
+    try:
+        cache = json.loads(cache_path().read_text())
+        return cache if isinstance(cache, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _update_cache(update):
+    """Apply ``update(entry)`` to this machine's entry and write the file atomically."""
+    path = cache_path()
+    with _lock:
+        cache = load_cache()
+        entry = cache.setdefault(fingerprint(), dict(machine=machine(), settings=None, workloads={}))
+        update(entry)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(cache, indent=1))
+            os.replace(tmp, path)
+        except OSError:
+            pass                                                     # a read-only home: measure again next time
+
+
+def machine_entry():
+    return load_cache().get(fingerprint(), {})
+
+
+# ----- 1. sizes ------------------------------------------------------------------------------------------
+def apply_settings():
+    """Set numpyvit.parallel.settings from this machine's measurements (measuring them once)."""
+    with _lock:
+        if _state["settings_applied"]:
+            return
+        _state["settings_applied"] = True
+        if not tuning_enabled():
+            return
+        saved = machine_entry().get("settings")
+        if saved is None:
+            saved = calibrate_settings()
+            _update_cache(lambda entry: entry.update(settings=saved))
+        parallel.settings = parallel.Settings(**{k: saved[k] for k in ("chunk_bytes", "min_split_work",
+                                                                        "min_split_elements")})
+
+
+def calibrate_settings():
+    """Measure the three sizes of numpyvit.parallel.Settings on this machine (about a second)."""
+    from .layers.activations import GELU
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4096, 1024), dtype=np.float32)         # 16 MB: more than any cache level
+    y = np.empty_like(x)
+    gelu = GELU()
+    chunk_times = {}
+    for chunk in (2**16, 2**17, 2**18, 2**19, 2**20, 2**21):
+        rows = chunk // (1024 * 4)
+        chunk_times[chunk] = _best_time(lambda: [gelu.evaluate(x[r:r + rows], y[r:r + rows], None)
+                                                 for r in range(0, 4096, rows)])
+    chunk_bytes = min(chunk_times, key=chunk_times.get)
+    return dict(chunk_bytes=chunk_bytes, min_split_work=_split_threshold_matmul(rng),
+                min_split_elements=_split_threshold_multiply(rng, chunk_bytes),
+                chunk_ms={str(k): round(v * 1e3, 3) for k, v in chunk_times.items()})
+
+
+def _best_time(fn, repeats=3, warm_up=True):
+    if warm_up:
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def _split_threshold_matmul(rng):
+    """The smallest product (in multiply-adds) that runs faster split across the threads."""
+    K = N = 128
+    b = rng.standard_normal((K, N), dtype=np.float32)
+    for M in (64, 128, 256, 512, 1024, 2048, 4096, 8192):
+        a = rng.standard_normal((M, K), dtype=np.float32)
+        with parallel.single_threaded_blas(), parallel.configured(min_split_work=1):
+            split = _best_time(lambda: parallel.matmul(a, b))
+            whole = _best_time(lambda: parallel.run_on_threads([lambda: parallel.matmul(a, b)]))
+        if split < 0.9 * whole:
+            return M * K * N
+    return 8192 * K * N * 2
+
+
+def _split_threshold_multiply(rng, chunk_bytes):
+    """The smallest elementwise product (in elements) that runs faster split across the threads."""
+    for n in (2**14, 2**15, 2**16, 2**17, 2**18, 2**19, 2**20, 2**21):
+        a = rng.standard_normal((n // 256, 256), dtype=np.float32)
+        with parallel.configured(min_split_elements=1, chunk_bytes=min(chunk_bytes, a.nbytes // 2)):
+            split = _best_time(lambda: parallel.multiply(a, a))
+            whole = _best_time(lambda: np.multiply(a, a))
+        if split < 0.9 * whole:
+            return n
+    return 2**22
+
+
+# ----- 2. the way to use the cores ---------------------------------------------------------------------
+@contextlib.contextmanager
+def forced(strategy):
+    """Inside, every model forward on this thread uses ``strategy`` (measuring, tests)."""
+    saved = getattr(_forced, "strategy", None)
+    _forced.strategy = strategy
+    try:
+        yield
+    finally:
+        _forced.strategy = saved
+
+
+def possible(batch, threads):
+    """The ways a batch of this size can use ``threads`` cores."""
+    ways = []
+    if threads > 1 and batch >= threads:
+        ways += (["processes"] if PROCESSES_SUPPORTED else []) + ["threads"]
+    if threads > 1:
+        ways += ["split"] + (["blas"] if parallel.blas_libraries() else [])
+    return ways or ["blas"]
+
+
+def rule(batch, threads):
+    """The choice when nothing is measured (NUMPYVIT_TUNING=off): shards on threads if the batch
+    has an image per thread, else split."""
+    ways = possible(batch, threads)
+    return "threads" if "threads" in ways else ways[0]
+
+
+def workload_key(config, batch, training, threads):
+    keys = ("img_size", "patch_size", "in_chans", "num_classes", "embed_dim", "depth", "num_heads", "mlp_ratio",
+            "act", "dtype")
+    bucket = 1 << max(0, round(np.log2(batch)))
+    return json.dumps(dict({k: config[k] for k in keys}, batch=bucket, training=bool(training), threads=threads),
+                      sort_keys=True)
+
+
+def choose_strategy(model, batch):
+    """The way ``model`` (a NumPy VisionTransformer) uses the cores for a batch of ``batch`` images."""
+    threads = parallel.num_threads()
+    ways = possible(batch, threads)
+    strategy = getattr(_forced, "strategy", None) or os.environ.get("NUMPYVIT_PARALLEL")
+    if strategy:
+        if strategy not in STRATEGIES:
+            raise TuningError(f"NUMPYVIT_PARALLEL must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
+        return strategy if strategy in ways else ways[0]
+    if len(ways) == 1:
+        return ways[0]
+    apply_settings()
+    if not tuning_enabled():
+        return rule(batch, threads)
+    key = workload_key(model.config, batch, model.training, threads)
+    if key not in _decisions:
+        entry = machine_entry().get("workloads", {}).get(key)
+        if entry is None or entry.get("strategy") not in ways:
+            entry = measure(model, batch, ways)
+            _update_cache(lambda cache_entry: cache_entry["workloads"].update({key: entry}))
+        _decisions[key] = entry["strategy"]
+    return _decisions[key]
+
+
+def measure(model, batch, ways):
+    """Time one eval-mode forward of ``model`` per way on a random batch; the fastest wins.
+    Returns {"strategy": fastest, "ms": {way: milliseconds}}."""
+    C, (H, W) = model.patch_embed.in_chans, model.patch_embed.img_size
+    x = np.random.default_rng(0).standard_normal((batch, C, H, W)).astype(model.dtype)
+    was_training = model.training
+    model.eval()
+    times = {}
+    try:
+        for way in ways:
+            with forced(way):
+                warm_up = _best_time(lambda: model.forward(x), 1, warm_up=False)   # starts worker processes
+                times[way] = _best_time(lambda: model.forward(x), 2 if warm_up < 1.0 else 1, warm_up=False)
+    finally:
+        model.train(was_training)
+    best = min(times, key=times.get)
+    model.release_shards(keep=best)
+    return dict(strategy=best, ms={way: round(t * 1e3, 2) for way, t in times.items()})
+
+
+def summary():
+    """This machine's measured sizes and choices, as printable lines (demos/benchmark.py)."""
+    entry = machine_entry()
+    lines = [f"machine: {json.dumps(machine())}", f"settings: {json.dumps(parallel.settings.__dict__)}"]
+    for key, choice in entry.get("workloads", {}).items():
+        lines.append(f"  {key} -> {choice['strategy']}  (ms per forward: {choice['ms']})")
+    return lines

@@ -1,0 +1,240 @@
+"""Shards of the batch in worker processes (the data parallelism of ``numpyvit.shards``).
+
+Threads of one process share the interpreter lock: a thread holds it from the end of one NumPy
+call to the start of the next, and a thread that finishes its call while the other holds it
+waits to be woken. A shard of a small model makes thousands of NumPy calls of ~10-50 us a step,
+so two threads spend a third of the step waiting for each other (mnist_tiny: 2,400 img/s on two
+threads, 3,300 img/s in two processes). A worker process has an interpreter of its own.
+
+Each worker is a ``python`` running ``numpyvit.workers.main``, started when the model first needs it and stopped
+with the model (or at exit). It builds a replica from the model's config, whose parameters are
+views of one shared-memory file: the model copies its weights there before every forward. Per
+worker, a second shared-memory file holds its shard's images, logits, dlogits, input gradient
+and parameter gradients. Commands and replies are one JSON line each on the worker's stdin and
+stdout; nothing is pickled. An exception in a worker comes back as that worker's traceback.
+The files are deleted as soon as both sides have mapped them, so nothing is left behind even
+if a process is killed (POSIX systems only; elsewhere numpyvit uses threads).
+"""
+import json
+import mmap
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import traceback
+import weakref
+from pathlib import Path
+
+import numpy as np
+
+from .parallel import run_on_threads
+from .shards import draw_seeds, seed_layers, split_rows
+
+SUPPORTED = os.name == "posix"
+
+
+class WorkerError(RuntimeError):
+    """A worker process failed or died; the message holds its traceback or exit status."""
+
+
+def _shared_file(nbytes):
+    """(path, bytes as a uint8 array) of a new file in shared memory (/dev/shm where it exists)."""
+    fd, path = tempfile.mkstemp(prefix="numpyvit-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+    os.ftruncate(fd, max(1, nbytes))
+    os.close(fd)
+    return path, _map(path, writable=True)
+
+
+def _map(path, writable):
+    """The file at ``path`` mapped into memory, as a plain uint8 array (not np.memmap, whose
+    Python-level hooks would slow every operation on its views)."""
+    with open(path, "r+b" if writable else "rb") as f:
+        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_WRITE if writable else mmap.ACCESS_READ)
+    return np.frombuffer(mapped, dtype=np.uint8)
+
+
+def _views(buffer, layout, dtype):
+    """{name: array} of the regions ``layout`` = {name: (offset in elements, shape)} of a buffer."""
+    flat = buffer.view(dtype)
+    return {name: flat[offset:offset + int(np.prod(shape))].reshape(shape) for name, (offset, shape) in layout.items()}
+
+
+def _layout(shapes):
+    """{name: (offset, shape)} packing the named shapes one after another; and the total size."""
+    layout, offset = {}, 0
+    for name, shape in shapes.items():
+        layout[name] = (offset, tuple(int(s) for s in shape))
+        offset += int(np.prod(shape))
+    return layout, offset
+
+
+class ProcessShards:
+    """Shard 0 on this thread, shards 1.. in ``count - 1`` worker processes."""
+
+    def __init__(self, model, count):
+        self.model, self.params = model, model.parameters()
+        self.param_layout, total = _layout({f"p{i}": p.shape for i, p in enumerate(self.params)})
+        path, self.param_buffer = _shared_file(total * model.dtype.itemsize)
+        self.param_views = list(_views(self.param_buffer, self.param_layout, model.dtype).values())
+        self.workers = []
+        self._finalizer = weakref.finalize(self, _stop_all, self.workers)
+        try:
+            for _ in range(count - 1):
+                self.workers.append(_Worker())
+            for worker in self.workers:
+                worker.send(op="setup", config=model.config, params=path, layout=self.param_layout)
+            for worker in self.workers:
+                worker.reply()
+        finally:
+            os.unlink(path)
+        self.rows = None
+
+    def forward(self, x):
+        model = self.model
+        for param, view in zip(self.params, self.param_views):      # the weights as they are now
+            view[...] = param.data
+        self.rows = split_rows(x.shape[0], len(self.workers) + 1)
+        for worker, rows in zip(self.workers, self.rows[1:]):
+            worker.prepare(x[rows].shape, model.num_classes, self.params, model.dtype)
+            worker.io["x"][...] = x[rows]
+            worker.send(op="forward", training=model.training, seeds=draw_seeds(model) if model.training else [])
+        logits = run_on_threads([lambda: model.forward_stages(x[self.rows[0]])])
+        for worker in self.workers:
+            worker.reply()
+            logits.append(worker.io["logits"].copy())
+        return np.concatenate(logits)
+
+    def backward(self, dlogits):
+        model = self.model
+        for worker, rows in zip(self.workers, self.rows[1:]):
+            worker.io["dlogits"][...] = dlogits[rows]
+            worker.send(op="backward")
+        dx = run_on_threads([lambda: model.backward_stages(dlogits[self.rows[0]])])
+        for worker in self.workers:
+            worker.reply()
+            for index, param in enumerate(self.params):
+                grad = worker.io[f"g{index}"]
+                if param.grad is None:
+                    param.grad = grad.copy()
+                else:
+                    param.grad += grad
+            dx.append(worker.io["dx"].copy())
+        return np.concatenate(dx)
+
+    def close(self):
+        self._finalizer()
+
+
+class _Worker:
+    """One worker process, seen from the model's side."""
+
+    def __init__(self):
+        package_parent = str(Path(__file__).resolve().parents[1])
+        env = dict(os.environ, NUMPYVIT_THREADS="1", OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1",
+                   MKL_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(
+                       [package_parent] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+        self.process = subprocess.Popen([sys.executable, "-c", "from numpyvit.workers import main; main()"],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+        self.shapes, self.io, self.buffer = None, None, None
+
+    def send(self, **command):
+        try:
+            self.process.stdin.write(json.dumps(command).encode() + b"\n")
+            self.process.stdin.flush()
+        except (BrokenPipeError, OSError) as err:
+            raise self._died() from err
+
+    def reply(self):
+        line = self.process.stdout.readline()
+        if not line:
+            raise self._died()
+        answer = json.loads(line)
+        if "error" in answer:
+            raise WorkerError(f"numpyvit worker process {self.process.pid} failed on its shard of the batch:\n"
+                              + answer["error"])
+        return answer
+
+    def _died(self):
+        code = self.process.poll()
+        return WorkerError(f"numpyvit worker process {self.process.pid} stopped unexpectedly "
+                           f"({'exit status ' + str(code) if code is not None else 'not answering'}); "
+                           "set NUMPYVIT_PARALLEL=threads to train without worker processes")
+
+    def prepare(self, x_shape, num_classes, params, dtype):
+        """Map a shared-memory file for a shard of shape ``x_shape`` (a new one if it changed)."""
+        shapes = dict(x=x_shape, logits=(x_shape[0], num_classes), dlogits=(x_shape[0], num_classes), dx=x_shape)
+        shapes.update({f"g{i}": p.shape for i, p in enumerate(params)})
+        if shapes == self.shapes:
+            return
+        layout, total = _layout(shapes)
+        path, self.buffer = _shared_file(total * dtype.itemsize)
+        try:
+            self.send(op="io", path=path, layout=layout)
+            self.reply()
+        finally:
+            os.unlink(path)
+        self.shapes, self.io = shapes, _views(self.buffer, layout, dtype)
+
+
+def _stop_all(workers):
+    for worker in workers:
+        try:
+            worker.process.stdin.close()                             # the worker exits at end of input
+            worker.process.wait(timeout=5)
+        except (OSError, subprocess.TimeoutExpired):
+            worker.process.kill()
+
+
+# ----- the worker's side -----------------------------------------------------------------------------
+def serve(commands, replies):
+    """Answer commands (JSON lines) until the input ends."""
+    state = {}
+    for line in commands:
+        try:
+            answer = _handle(json.loads(line), state)
+        except Exception:  # noqa: BLE001 -- any failure goes back to the model's process
+            answer = {"error": traceback.format_exc()}
+        replies.write(json.dumps(answer).encode() + b"\n")
+        replies.flush()
+
+
+def _handle(command, state):
+    op = command["op"]
+    if op == "setup":
+        from .model import VisionTransformer
+
+        model = VisionTransformer(**dict(command["config"], backend="numpy"))
+        layout = {name: (offset, tuple(shape)) for name, (offset, shape) in command["layout"].items()}
+        state["param_buffer"] = _map(command["params"], writable=False)
+        for param, view in zip(model.parameters(), _views(state["param_buffer"], layout, model.dtype).values()):
+            if view.shape != param.shape:
+                raise ValueError(f"parameter layout mismatch: {view.shape} vs {param.shape}")
+            param.data = view
+        state["model"] = model
+    elif op == "io":
+        layout = {name: (offset, tuple(shape)) for name, (offset, shape) in command["layout"].items()}
+        state["io_buffer"] = _map(command["path"], writable=True)
+        state["io"] = _views(state["io_buffer"], layout, state["model"].dtype)
+    elif op == "forward":
+        model, io = state["model"], state["io"]
+        model.train(command["training"])
+        seed_layers(model, command["seeds"])
+        io["logits"][...] = model(io["x"])
+    elif op == "backward":
+        model, io = state["model"], state["io"]
+        for index, param in enumerate(model.parameters()):
+            param.grad = io[f"g{index}"]
+            param.grad.fill(0)
+        io["dx"][...] = model.backward(io["dlogits"])
+    else:
+        raise ValueError(f"unknown command {op!r}")
+    return {"ok": True}
+
+
+def main():
+    """A worker process's life: commands on stdin, replies on stdout, until stdin closes."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)                     # Ctrl-C is the model's process's to handle
+    protocol_out = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())                # stray prints go to stderr
+    serve(sys.stdin.buffer, protocol_out)

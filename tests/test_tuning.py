@@ -1,0 +1,106 @@
+"""numpyvit.tuning: the way to use the cores is measured once per machine and workload, cached,
+and can be forced or switched off; the measuring leaves the model as it was."""
+import json
+
+import numpy as np
+import pytest
+
+import numpyvit
+from numpyvit import parallel, tuning
+
+
+@pytest.fixture
+def tuned(monkeypatch, tmp_path):
+    """Tuning switched on, with an empty cache in tmp_path and nothing remembered in memory."""
+    monkeypatch.setenv("NUMPYVIT_TUNING", "on")
+    monkeypatch.setenv("NUMPYVIT_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("NUMPYVIT_THREADS", "2")
+    monkeypatch.delenv("NUMPYVIT_PARALLEL", raising=False)
+    monkeypatch.setattr(tuning, "_decisions", {})
+    monkeypatch.setattr(tuning, "_state", dict(settings_applied=False, fingerprint=None))
+    monkeypatch.setattr(parallel, "settings", parallel.Settings())
+    return tmp_path / tuning.CACHE_NAME
+
+
+def model(**overrides):
+    return numpyvit.VisionTransformer(**{**dict(img_size=8, patch_size=4, in_chans=1, num_classes=3, embed_dim=8,
+                                                depth=1, num_heads=2), **overrides})
+
+
+def images(batch=6):
+    return np.random.default_rng(0).standard_normal((batch, 1, 8, 8)).astype(np.float32)
+
+
+def test_the_first_forward_measures_every_way_and_the_cache_remembers(tuned, monkeypatch):
+    first = model()
+    logits = first(images())
+    cache = json.loads(tuned.read_text())
+    (entry,) = cache.values()
+    assert entry["machine"]["cpu"] == tuning.cpu_model() and entry["machine"]["numpy"] == np.__version__
+    assert set(entry["settings"]) >= {"chunk_bytes", "min_split_work", "min_split_elements"}
+    (choice,) = entry["workloads"].values()
+    assert set(choice["ms"]) == set(tuning.possible(6, 2)) and choice["strategy"] in choice["ms"]
+    assert choice["strategy"] == min(choice["ms"], key=choice["ms"].get)
+    assert parallel.settings.chunk_bytes == entry["settings"]["chunk_bytes"]
+    # a new process (nothing in memory) reads the file instead of measuring
+    monkeypatch.setattr(tuning, "_decisions", {})
+    monkeypatch.setattr(tuning, "measure", lambda *a: pytest.fail("measured again"))
+    second = model()
+    np.testing.assert_allclose(second(images()), logits, rtol=1e-5, atol=1e-6)
+    assert second._strategy(6) == choice["strategy"]
+    assert second._strategy(7) == choice["strategy"]                 # batch sizes share a power-of-two bucket
+
+
+def test_measuring_leaves_the_model_as_it_was(tuned):
+    m = model(drop_rate=0.2)
+    state = [layer.rng.bit_generator.state for layer in m.modules() if hasattr(layer, "rng")]
+    loss = numpyvit.CrossEntropyLoss()
+    loss(m(images()), np.arange(6) % 3)                              # training forward: measures first
+    assert m.training and m.has_cache()
+    m.backward(loss.backward())
+    reference = model(drop_rate=0.2)
+    for layer, saved in zip([layer for layer in reference.modules() if hasattr(layer, "rng")], state):
+        assert layer.rng.bit_generator.state == saved
+    with tuning.forced(m._strategy(6)):
+        loss(reference(images()), np.arange(6) % 3)
+        reference.backward(loss.backward())
+    for p, q in zip(m.parameters(), reference.parameters()):
+        np.testing.assert_array_equal(p.grad, q.grad)               # the measuring drew no dropout masks
+    assert len(m._shard_sets or {}) <= 1                             # the slower ways' shards are released
+
+
+def test_forced_way_and_switched_off_tuning(tuned, monkeypatch):
+    monkeypatch.setattr(tuning, "measure", lambda *a: pytest.fail("measured although told not to"))
+    monkeypatch.setenv("NUMPYVIT_PARALLEL", "split")
+    assert model()._strategy(6) == "split"
+    monkeypatch.setenv("NUMPYVIT_PARALLEL", "processes")
+    assert model()._strategy(1) == "split"                           # one image cannot be sharded
+    monkeypatch.setenv("NUMPYVIT_PARALLEL", "fastest")
+    with pytest.raises(tuning.TuningError, match="NUMPYVIT_PARALLEL must be one of processes, threads, split, blas"):
+        model()._strategy(6)
+    monkeypatch.delenv("NUMPYVIT_PARALLEL")
+    monkeypatch.setenv("NUMPYVIT_TUNING", "off")
+    assert model()._strategy(6) == "threads" and model()._strategy(1) == "split"
+    assert not tuned.exists()
+    monkeypatch.setenv("NUMPYVIT_TUNING", "maybe")
+    with pytest.raises(tuning.TuningError, match="NUMPYVIT_TUNING must be 'on' or 'off'"):
+        model()._strategy(6)
+
+
+def test_one_thread_uses_no_threads_and_measures_nothing(tuned, monkeypatch):
+    monkeypatch.setenv("NUMPYVIT_THREADS", "1")
+    monkeypatch.setattr(tuning, "measure", lambda *a: pytest.fail("measured with one thread"))
+    assert model()._strategy(64) == "blas"
+
+
+def test_an_unreadable_cache_is_measured_again_and_rewritten(tuned):
+    tuned.write_text("{not json")
+    model()(images())
+    assert len(json.loads(tuned.read_text())) == 1
+
+
+def test_calibrated_sizes_are_sane(tuned):
+    sizes = tuning.calibrate_settings()
+    assert sizes["chunk_bytes"] in (2**16, 2**17, 2**18, 2**19, 2**20, 2**21)
+    assert sizes["min_split_work"] >= 64 * 128 * 128 and sizes["min_split_elements"] >= 2**14
+    assert all(ms > 0 for ms in sizes["chunk_ms"].values())
