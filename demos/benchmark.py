@@ -208,10 +208,10 @@ def torch_only_step(preset, batch, training, device):
 
 # ----- reporting -------------------------------------------------------------------------------------
 def environment(backend, threads):
-    blas = np.__config__.CONFIG.get("Build Dependencies", {}).get("blas", {})
+    blas = ", ".join(f"{lib.internal_api} {lib.version}" for lib in parallel.blas_libraries()) or "unknown BLAS"
     lines = [
-        f"python {platform.python_version()}, numpy {np.__version__}, BLAS {blas.get('name')} "
-        f"{blas.get('version')}, numpyvit {numpyvit.__version__}, backend {backend}",
+        f"python {platform.python_version()}, numpy {np.__version__}, BLAS {blas}, numpyvit {numpyvit.__version__}, "
+        f"backend {backend}",
         f"cpu: {tuning.cpu_model()}, {os.cpu_count()} cores; numpyvit threads: {parallel.num_threads()}, "
         f"torch threads: {threads}; BLAS kernel: "
         f"{', '.join(str(getattr(lib, 'architecture', '?')) for lib in parallel.blas_libraries()) or '?'}; "

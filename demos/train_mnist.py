@@ -9,13 +9,6 @@ Run from the repository root with PYTHONPATH=. (or after `pip install -e .`). Wr
 checkpoint.npz, history.json and curves.png into --out (default runs/<dataset>). Exit codes:
 0 done, 1 error, 130 stopped by Ctrl-C (resumable).
 """
-import os
-
-# Before NumPy loads OpenBLAS: after each call its idle threads spin for ~2^18 cycles instead
-# of ~2^28, so they stop competing with numpyvit's own threads between matrix products
-# (training runs ~15-20% faster on 2 cores; README: Speed). A value you set wins.
-os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "18")
-
 import argparse
 import json
 import sys

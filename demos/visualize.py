@@ -8,7 +8,8 @@ the misclassified test images.
     python demos/visualize.py --checkpoint runs/mnist_tiny             # -> runs/mnist_tiny/figures
     python demos/visualize.py --checkpoint runs/mnist_tiny --image seven.png --image two.jpg
 
-The model runs on $NUMPYVIT_BACKEND (default numpy), whatever backend it was trained on.
+The model runs on --backend (default: $NUMPYVIT_BACKEND, else numpy), whatever backend it was
+trained on.
 """
 import argparse
 import json
@@ -35,6 +36,7 @@ def parse_args(argv=None):
     parser.add_argument("--dataset", choices=("mnist", "fashion-mnist"),
                         help="default: the checkpoint's dataset, else mnist")
     parser.add_argument("--out", help="folder for the figures (default: <checkpoint folder>/figures)")
+    parser.add_argument("--backend", choices=["numpy", "cupy"], help="default: $NUMPYVIT_BACKEND, else numpy")
     parser.add_argument("--num-test", type=int, default=None,
                         help="test images evaluated for the confusion matrix and mistakes (default: all)")
     args = parser.parse_args(argv)
@@ -91,7 +93,7 @@ def main(argv=None):
     args = parse_args(argv)
     start = time.perf_counter()
     checkpoint = Path(args.checkpoint)
-    model, meta = load_model_and_meta(checkpoint)
+    model, meta = load_model_and_meta(checkpoint, args.backend)
     run_dir = checkpoint if checkpoint.is_dir() else checkpoint.parent
     out = Path(args.out) if args.out else run_dir / "figures"
     ds = data.load_dataset(args.dataset or meta.get("dataset", "mnist"), data_dir=args.data_dir)

@@ -42,7 +42,8 @@ def _import_cupy():
     except ImportError as err:
         raise BackendError(
             "backend 'cupy' needs CuPy, which is not installed: install the build for your CUDA "
-            "version (e.g. `pip install cupy-cuda12x`, or `pip install -e .[gpu]`), "
+            "version (`pip install cupy-cuda13x` for CUDA 13, as `pip install -e .[gpu]` does, or "
+            "`pip install cupy-cuda12x` for CUDA 12), "
             "or use --backend numpy"
         ) from err
     try:

@@ -27,10 +27,10 @@ class CrossEntropyLoss(Module):
         B, K = logits.shape
         shifted = logits - logits.max(axis=1, keepdims=True)          # (B, K), max 0 per row
         log_p = shifted - xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
-        eps = self.label_smoothing
-        rows = xp.arange(B)
+        eps, c = self.label_smoothing, log_p.dtype.type              # c: constants in the logits' dtype,
+        rows = xp.arange(B)                                          # which NumPy 1.x would otherwise widen
         # sum_k q log p = (1 - eps) log p[y] + (eps / K) sum_k log p
-        loss = -((1 - eps) * log_p[rows, labels].sum() + (eps / K) * log_p.sum()) / B
+        loss = -(c(1 - eps) * log_p[rows, labels].sum() + c(eps / K) * log_p.sum()) * c(1 / B)
         self._save_for_backward(log_p, labels)
         return loss
 
@@ -42,7 +42,7 @@ class CrossEntropyLoss(Module):
         dz = xp.exp(log_p)                                           # p
         dz -= eps / K
         dz[xp.arange(B), labels] -= 1 - eps                          # p - q
-        dz *= dz.dtype.type(1.0 / B) * dloss
+        dz *= dz.dtype.type(1.0 / B) * dloss                        # in place: stays in dz's dtype
         return dz
 
 

@@ -145,8 +145,9 @@ def clip_grad_norm(optimizer, max_norm):
     """
     grads = [g.grad for g in optimizer.groups]
     xp = array_module(grads[0])
-    norm = xp.sqrt(sum(xp.dot(g, g) for g in grads))
-    coef = xp.minimum(max_norm / (norm + 1e-6), 1.0).astype(grads[0].dtype)
+    c = grads[0].dtype.type                                          # NumPy 1.x would widen Python floats
+    norm = xp.sqrt(sum((xp.dot(g, g) for g in grads), c(0)))
+    coef = xp.minimum(c(max_norm) / (norm + c(1e-6)), c(1.0))
     for g in grads:
         g *= coef
     return norm

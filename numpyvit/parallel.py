@@ -80,12 +80,16 @@ def _thread_pool():
 
 def run_on_threads(tasks):
     """[task() for task in tasks], task 0 on this thread and each other on a pool thread, all
-    at once; each runs as a worker (its own map_rows / matmul run in place, not nested)."""
+    at once; each runs as a worker (its own map_rows / matmul run in place, not nested), under
+    the caller's floating-point error settings (np.errstate is per thread)."""
+    errors = np.geterr()
+
     def work(task):
         was = in_worker()
         _local.worker = True
         try:
-            return task()
+            with np.errstate(**errors):
+                return task()
         finally:
             _local.worker = was
 

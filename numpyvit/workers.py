@@ -98,7 +98,8 @@ class ProcessShards:
         for worker, rows in zip(self.workers, self.rows[1:]):
             worker.prepare(x[rows].shape, model.num_classes, self.params, model.dtype)
             worker.io["x"][...] = x[rows]
-            worker.send(op="forward", training=model.training, seeds=draw_seeds(model) if model.training else [])
+            worker.send(op="forward", training=model.training, seeds=draw_seeds(model) if model.training else [],
+                        errors=np.geterr())
         logits = run_on_threads([lambda: model.forward_stages(x[self.rows[0]])])
         for worker in self.workers:
             worker.reply()
@@ -109,7 +110,7 @@ class ProcessShards:
         model = self.model
         for worker, rows in zip(self.workers, self.rows[1:]):
             worker.io["dlogits"][...] = dlogits[rows]
-            worker.send(op="backward")
+            worker.send(op="backward", errors=np.geterr())
         dx = run_on_threads([lambda: model.backward_stages(dlogits[self.rows[0]])])
         for worker in self.workers:
             worker.reply()
@@ -200,6 +201,11 @@ def serve(commands, replies):
 
 
 def _handle(command, state):
+    with np.errstate(**command.get("errors", {})):                  # the model's process's settings
+        return _do(command, state)
+
+
+def _do(command, state):
     op = command["op"]
     if op == "setup":
         from .model import VisionTransformer

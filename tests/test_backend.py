@@ -81,11 +81,33 @@ def test_unknown_backend_for_a_model_and_a_preset():
 def test_cupy_not_installed_says_how_to_install_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "cupy", None)                 # makes `import cupy` fail
     with pytest.raises(BackendError, match=r"backend 'cupy' needs CuPy, which is not installed.*"
-                                           r"pip install cupy-cuda12x.*--backend numpy"):
+                                           r"pip install cupy-cuda13x.*cupy-cuda12x.*--backend numpy"):
         get_xp("cupy")
     monkeypatch.setenv("NUMPYVIT_BACKEND", "cupy")
-    with pytest.raises(BackendError, match="pip install cupy-cuda12x"):
+    with pytest.raises(BackendError, match="pip install cupy-cuda13x"):
         VisionTransformer(**SMALL)
+
+
+def test_weights_loaded_into_a_device_model_are_moved_to_the_device(monkeypatch):
+    """CuPy refuses ``device_array[...] = numpy_array`` ("non-scalar numpy.ndarray cannot be used
+    for fill"); faked here, load_state_dict must move each array with the device module first."""
+    class DeviceArray(np.ndarray):
+        def __setitem__(self, key, value):
+            if type(value) is np.ndarray and value.ndim:
+                raise ValueError("non-scalar numpy.ndarray cannot be used for fill")
+            super().__setitem__(key, np.asarray(value))
+
+    DeviceArray.__module__ = "cupy._core.core"                     # what array_module looks at
+    device = types.ModuleType("cupy")
+    device.asarray = lambda a, dtype=None: np.asarray(a, dtype).view(DeviceArray)
+    monkeypatch.setitem(sys.modules, "cupy", device)
+    model = VisionTransformer(**SMALL)
+    for p in model.parameters():
+        p.data = p.data.view(DeviceArray)
+    host = {name: np.full(p.shape, 0.5, np.float32) for name, p in model.named_parameters()}
+    model.load_state_dict(host)
+    for name, p in model.named_parameters():
+        assert type(p.data) is DeviceArray and (np.asarray(p.data) == 0.5).all(), name
 
 
 def test_cupy_without_a_gpu(monkeypatch):

@@ -151,6 +151,35 @@ def test_predict_reads_rgb_wrong_size_light_background(trained, tmp_path, capsys
     assert 0 < float(line.split("probability ")[1].split(")")[0]) <= 1
 
 
+BACKEND_PAIRS = [("numpy", "numpy"), ("numpy", "cupy"), ("cupy", "numpy"), ("cupy", "cupy")]
+
+
+@pytest.mark.parametrize("trained_on, used_on", BACKEND_PAIRS, ids=[f"{a}-to-{b}" for a, b in BACKEND_PAIRS])
+def test_a_checkpoint_is_resumed_evaluated_drawn_and_used_on_every_backend(tmp_path, synthetic, capsys,
+                                                                           trained_on, used_on):
+    """Train on one backend; resume, evaluate, visualize and predict on the other (CuPy pairs
+    need a GPU). Weights and optimizer state move to the device they are loaded on."""
+    from conftest import _cupy_with_gpu
+    from matplotlib.figure import Figure
+
+    if "cupy" in (trained_on, used_on) and _cupy_with_gpu() is None:
+        pytest.skip("CuPy with a CUDA GPU is not available")
+    run = tmp_path / "run"
+    assert demo("train_mnist").main(["--epochs", "1", "--out", str(run), "--backend", trained_on, *TINY]) == 0
+    assert demo("train_mnist").main(["--out", str(run), "--resume", "--epochs", "2", "--backend", used_on]) == 0
+    history = json.loads((run / "history.json").read_text())
+    assert [r["epoch"] for r in history["epochs"]] == [1, 2] and history["config"]["model"]["backend"] == used_on
+    assert demo("evaluate").main(["--checkpoint", str(run), "--backend", used_on]) == 0
+    figures = demo("visualize").main(["--checkpoint", str(run), "--backend", used_on, "--num-test", "8"])
+    assert figures and all(Path(f).stat().st_size > 0 for f in figures)
+    fig = Figure(figsize=(0.28, 0.28), dpi=100)
+    fig.figimage(np.zeros((28, 28)))
+    fig.savefig(tmp_path / "digit.png")
+    capsys.readouterr()
+    assert demo("predict").main([str(tmp_path / "digit.png"), "--checkpoint", str(run), "--backend", used_on]) == 0
+    assert "probability" in capsys.readouterr().out
+
+
 def test_benchmark_prints_its_table_and_where_the_time_goes(monkeypatch, capsys):
     """numpyvit alone (PyTorch is optional), the smallest config, one repeat: a smoke test of the
     script, not a timing."""

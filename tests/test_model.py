@@ -155,6 +155,46 @@ def test_gradients_accumulate_over_two_backward_calls_and_zero_grad_clears_them(
         assert not to_numpy(p.grad).any(), name
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_a_training_step_keeps_the_model_dtype_everywhere(xp, backend, rng, dtype):
+    """Every layer's output and input gradient, the loss, every gradient, the clipping norm and
+    AdamW's state stay in the model's dtype, under NumPy 1.x's promotion rules as under 2.x's
+    (1.x widens a float32 0-d array combined with a Python float to float64)."""
+    import numpyvit
+    from numpyvit import tuning
+
+    model = small_vit(backend, dtype=dtype, drop_rate=0.1, drop_path_rate=0.1, pos_embed="learned_2d")
+    seen = []
+
+    def checked(layer, method):
+        inner = getattr(layer, method)
+
+        def call(*args, **kwargs):
+            out = inner(*args, **kwargs)
+            seen.append((type(layer).__name__, method, out.dtype))
+            return out
+        return call
+
+    for layer in model.modules():
+        for method in ("forward", "backward", "normalize"):
+            if hasattr(layer, method):
+                setattr(layer, method, checked(layer, method))
+    loss_fn, optimizer = numpyvit.CrossEntropyLoss(0.1), numpyvit.AdamW(model.parameters(), lr=1e-3)
+    with tuning.forced("blas"):                                      # one copy of the layers: all are seen
+        loss = loss_fn(model(images(rng, xp, dtype=np.dtype(dtype))), xp.asarray([0, 1]))
+        dlogits = loss_fn.backward()
+        model.backward(dlogits)
+    norm = numpyvit.clip_grad_norm(optimizer, 0.5)
+    optimizer.step()
+    assert {str(d) for _, _, d in seen} == {dtype}, [s for s in seen if str(s[2]) != dtype]
+    assert len(seen) > 50
+    assert (loss.dtype, dlogits.dtype, norm.dtype) == (np.dtype(dtype),) * 3
+    for name, p in model.named_parameters():
+        assert p.data.dtype == dtype and p.grad.dtype == dtype, name
+    for group in optimizer.groups:
+        assert {group.data.dtype, group.grad.dtype, group.exp_avg.dtype, group.exp_avg_sq.dtype} == {np.dtype(dtype)}
+
+
 def test_every_parameter_gets_a_nonzero_gradient(rng):
     model = small_vit(dtype="float64", pos_embed="learned_2d")
     model(images(rng, dtype=np.float64))

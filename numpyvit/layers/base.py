@@ -173,8 +173,8 @@ class Module:
         return {name: param.data for name, param in self.named_parameters()}
 
     def load_state_dict(self, state_dict):
-        """Copy arrays into the parameters, in place; refuses missing, unexpected or
-        mis-shaped entries, naming each one."""
+        """Copy arrays (NumPy or CuPy, from any device) into the parameters, in place; refuses
+        missing, unexpected or mis-shaped entries, naming each one."""
         params = dict(self.named_parameters())
         missing = sorted(set(params) - set(state_dict))
         unexpected = sorted(set(state_dict) - set(params))
@@ -193,7 +193,5 @@ class Module:
         if problems:
             raise ValueError("load_state_dict refused the weights (" + " | ".join(problems) + ")")
         for name, param in params.items():
-            value = state_dict[name]
-            if array_module(param.data) is np:
-                value = to_numpy(value)
-            param.data[...] = value
+            xp = array_module(param.data)                            # arrays move to the model's device
+            param.data[...] = to_numpy(state_dict[name]) if xp is np else xp.asarray(state_dict[name])
