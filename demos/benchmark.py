@@ -12,7 +12,8 @@ architecture and identical weights (checked: their logits agree), and are timed 
 cores the way numpyvit.tuning measured to be fastest on this machine (printed with the CPU; set
 NUMPYVIT_PARALLEL to force one). Peak memory is measured in a fresh subprocess per framework and
 config: the peak resident set size during model construction and steps, minus the size after
-imports, plus the whole peak of every numpyvit worker process.
+imports, plus the peak of every numpyvit worker process (interpreter included) less the shared
+memory it maps (weights, its shard's inputs and gradients), which this process holds too.
 """
 import argparse
 import json
@@ -187,7 +188,9 @@ def _memory_child(framework, config_key, backend, batch):
     else:
         workers = [worker.process.pid for shards in (getattr(model, "_shard_sets", None) or {}).values()
                    for worker in getattr(shards, "workers", [])] if framework == "numpyvit" else []
-        print(json.dumps({"peak_mb": memory_mb("VmHWM") - baseline + sum(memory_mb("VmHWM", pid) for pid in workers)}))
+        # a worker's shared memory (weights, its shard's inputs and gradients) is counted in this process
+        print(json.dumps({"peak_mb": memory_mb("VmHWM") - baseline
+                                     + sum(memory_mb("VmHWM", pid) - memory_mb("RssShmem", pid) for pid in workers)}))
 
 
 def torch_only_step(preset, batch, training, device):

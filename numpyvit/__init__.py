@@ -1,14 +1,15 @@
 """numpyvit: a Vision Transformer in NumPy (or CuPy), every gradient derived by hand."""
 from .backend import BackendError, get_xp, to_numpy
+from .grad_mode import no_grad
 from .gradcheck import gradcheck
 from .losses import CrossEntropyLoss
 from .model import Block, VisionTransformer
 from .optim import AdamW, clip_grad_norm, warmup_cosine
 from .presets import PRESETS, create_model
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "AdamW", "BackendError", "Block", "CrossEntropyLoss", "PRESETS", "VisionTransformer",
-    "clip_grad_norm", "create_model", "get_xp", "gradcheck", "to_numpy", "warmup_cosine",
+    "clip_grad_norm", "create_model", "get_xp", "gradcheck", "no_grad", "to_numpy", "warmup_cosine",
 ]

@@ -10,6 +10,7 @@ the target in one step (``os.replace``): a crash mid-write leaves the previous f
 
 Model weights are stored under ``model.<timm name>`` (e.g. ``model.blocks.0.attn.qkv.weight``).
 """
+import contextlib
 import json
 import os
 import tempfile
@@ -29,19 +30,19 @@ class CheckpointError(ValueError):
     """A checkpoint file is missing, corrupt, unsafe, or belongs to another model."""
 
 
-def save_arrays(path, arrays, meta):
-    """Atomically write ``arrays`` ({name: array}, any backend) and ``meta`` (JSON-able)."""
+@contextlib.contextmanager
+def atomic_file(path):
+    """A binary file to write ``path`` through: a temporary file in the same folder, flushed to
+    disk and renamed over ``path`` when the block ends without an error, removed otherwise."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {name: to_numpy(value) for name, value in arrays.items()}
-    payload[META_KEY] = np.frombuffer(json.dumps(dict(meta, format=FORMAT)).encode(), dtype=np.uint8)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)                                    # mkstemp makes it private (0600)
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **payload)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -49,6 +50,14 @@ def save_arrays(path, arrays, meta):
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def save_arrays(path, arrays, meta):
+    """Atomically write ``arrays`` ({name: array}, any backend) and ``meta`` (JSON-able)."""
+    payload = {name: to_numpy(value) for name, value in arrays.items()}
+    payload[META_KEY] = np.frombuffer(json.dumps(dict(meta, format=FORMAT)).encode(), dtype=np.uint8)
+    with atomic_file(path) as f:
+        np.savez(f, **payload)
 
 
 def load_arrays(path):

@@ -18,7 +18,7 @@ from .backend import array_module, backend_name, get_xp, tune_allocator
 from .layers import (Attention, ClassToken, DropPath, Dropout, GlobalPool, LayerNorm,
                      LearnedPositionEmbedding, LearnedPositionEmbedding2D, Module, Mlp,
                      PatchEmbed, SinCosPositionEmbedding2D, Linear)
-from .layers.base import new_parameter, trunc_normal
+from .layers.base import initialization, new_parameter, trunc_normal
 from .parallel import add_to, num_threads, single_threaded_blas
 from .shards import ThreadShards
 from .workers import ProcessShards
@@ -75,6 +75,8 @@ class VisionTransformer(Module):
       dtype                  'float32' (training) or 'float64' (gradient checks)
       backend                'numpy' or 'cupy' (default: $NUMPYVIT_BACKEND, else numpy)
       seed                   seeds the weight init (the same on every backend) and the dropout masks
+      init                   False: leave the weights uninitialized (no random draws; for weights
+                             loaded right after, e.g. numpyvit.weights); not part of ``config``
     """
 
     _not_replicated = ("_shard_sets",)                              # see numpyvit.shards.replicate
@@ -83,7 +85,7 @@ class VisionTransformer(Module):
     def __init__(self, *, img_size=224, patch_size=16, in_chans=3, num_classes=1000, embed_dim=768,
                  depth=12, num_heads=12, mlp_ratio=4.0, qkv_bias=True, drop_rate=0.0,
                  attn_drop_rate=0.0, drop_path_rate=0.0, pos_embed="learned", global_pool="token",
-                 act="gelu", dtype="float32", backend=None, seed=0):
+                 act="gelu", dtype="float32", backend=None, seed=0, init=True):
         self.config = dict(
             img_size=img_size, patch_size=patch_size, in_chans=in_chans, num_classes=num_classes,
             embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
@@ -102,33 +104,34 @@ class VisionTransformer(Module):
             tune_allocator()
         self.dtype = dtype = np.dtype(dtype)
         self.num_classes, self.embed_dim, self.global_pool = num_classes, embed_dim, global_pool
-        rng = np.random.default_rng(seed)
-        layer_kw = dict(xp=xp, dtype=dtype)
-        D = embed_dim
+        with initialization(init):                                   # False: no random draws
+            rng = np.random.default_rng(seed)
+            layer_kw = dict(xp=xp, dtype=dtype)
+            D = embed_dim
 
-        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, D, rng=rng, **layer_kw)
-        grid, T = self.patch_embed.grid_size, 1 + self.patch_embed.num_patches
-        self.cls_token = new_parameter(rng.normal(0, 1e-6, (1, 1, D)), xp, dtype, weight_decay=False)
-        if pos_embed == "learned":
-            self.pos_embed = new_parameter(trunc_normal(rng, (1, T, D), 0.02, dtype), xp, dtype, False)
-            self.pos = LearnedPositionEmbedding(self.pos_embed)
-        elif pos_embed == "learned_2d":
-            self.pos_embed_row = new_parameter(trunc_normal(rng, (1, grid[0], D), 0.02, dtype), xp, dtype, False)
-            self.pos_embed_col = new_parameter(trunc_normal(rng, (1, grid[1], D), 0.02, dtype), xp, dtype, False)
-            self.pos = LearnedPositionEmbedding2D(self.pos_embed_row, self.pos_embed_col)
-        else:
-            self.pos = SinCosPositionEmbedding2D(grid, D, **layer_kw)
-        self.cls = ClassToken(self.cls_token)
-        self.pos_drop = Dropout(drop_rate, xp=xp)
-        rates = np.linspace(0.0, drop_path_rate, depth)
-        self.blocks = [Block(D, num_heads, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate, float(r), act,
-                             rng=rng, **layer_kw) for r in rates]
-        use_fc_norm = global_pool == "avg"                           # timm: norm -> pool -> fc_norm
-        self.norm = None if use_fc_norm else LayerNorm(D, **layer_kw)
-        self.pool = GlobalPool(global_pool)
-        self.fc_norm = LayerNorm(D, **layer_kw) if use_fc_norm else None
-        self.head_drop = Dropout(drop_rate, xp=xp)
-        self.head = Linear(D, num_classes, rng=rng, **layer_kw)
+            self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, D, rng=rng, **layer_kw)
+            grid, T = self.patch_embed.grid_size, 1 + self.patch_embed.num_patches
+            self.cls_token = new_parameter(rng.normal(0, 1e-6, (1, 1, D)), xp, dtype, weight_decay=False)
+            if pos_embed == "learned":
+                self.pos_embed = new_parameter(trunc_normal(rng, (1, T, D), 0.02, dtype), xp, dtype, False)
+                self.pos = LearnedPositionEmbedding(self.pos_embed)
+            elif pos_embed == "learned_2d":
+                self.pos_embed_row = new_parameter(trunc_normal(rng, (1, grid[0], D), 0.02, dtype), xp, dtype, False)
+                self.pos_embed_col = new_parameter(trunc_normal(rng, (1, grid[1], D), 0.02, dtype), xp, dtype, False)
+                self.pos = LearnedPositionEmbedding2D(self.pos_embed_row, self.pos_embed_col)
+            else:
+                self.pos = SinCosPositionEmbedding2D(grid, D, **layer_kw)
+            self.cls = ClassToken(self.cls_token)
+            self.pos_drop = Dropout(drop_rate, xp=xp)
+            rates = np.linspace(0.0, drop_path_rate, depth)
+            self.blocks = [Block(D, num_heads, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate, float(r), act,
+                                 rng=rng, **layer_kw) for r in rates]
+            use_fc_norm = global_pool == "avg"                           # timm: norm -> pool -> fc_norm
+            self.norm = None if use_fc_norm else LayerNorm(D, **layer_kw)
+            self.pool = GlobalPool(global_pool)
+            self.fc_norm = LayerNorm(D, **layer_kw) if use_fc_norm else None
+            self.head_drop = Dropout(drop_rate, xp=xp)
+            self.head = Linear(D, num_classes, rng=rng, **layer_kw)
         self.seed(seed)
 
     @property
@@ -239,18 +242,16 @@ class VisionTransformer(Module):
     def attention_maps(self, x):
         """The attention probabilities of every block for images x, computed in eval mode:
         a list of ``depth`` arrays (B, heads, T, T), token 0 being [CLS]."""
-        was_training = self.training
         attentions = [block.attn for block in self.blocks]
-        self.eval()
-        try:
-            for attn in attentions:
-                attn.record = True
-            self.forward(x)
-            return [attn.recorded for attn in attentions]
-        finally:
-            for attn in attentions:
-                attn.record, attn.recorded = False, None
-            self.train(was_training)
+        with self.inference():
+            try:
+                for attn in attentions:
+                    attn.record = True
+                self.forward(x)
+                return [attn.recorded for attn in attentions]
+            finally:
+                for attn in attentions:
+                    attn.record, attn.recorded = False, None
 
     def patch_position_embeddings(self):
         """The position embedding of each patch (N, D), row-major over the patch grid."""

@@ -53,6 +53,7 @@ class AdamW:
     ``params`` is an iterable of Parameters (split into a decayed group and a group without
     weight decay by each Parameter's ``weight_decay`` flag: biases, norms, ``pos_embed`` and
     ``cls_token`` are not decayed) or of dicts ``{"params": [...], "weight_decay": wd, "lr": lr}``.
+    Frozen Parameters (``requires_grad = False``) are left out.
     """
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01):
@@ -61,13 +62,14 @@ class AdamW:
                              f"weight_decay={weight_decay} (need lr, eps, weight_decay >= 0 and 0 <= beta < 1)")
         self.betas, self.eps, self.step_count = betas, eps, 0
         params = list(params)
-        if not params:
-            raise ValueError("AdamW got no parameters to optimize")
         if all(isinstance(p, Parameter) for p in params):
+            params = [p for p in params if p.requires_grad]
             specs = [{"params": [p for p in params if p.weight_decay]},
                      {"params": [p for p in params if not p.weight_decay], "weight_decay": 0.0}]
         else:
-            specs = params
+            specs = [dict(spec, params=[p for p in spec["params"] if p.requires_grad]) for spec in params]
+        if not any(spec["params"] for spec in specs):
+            raise ValueError("AdamW got no parameters to optimize (none given, or all frozen)")
         self.groups = [ParamGroup(spec["params"], spec.get("lr", lr), spec.get("weight_decay", weight_decay))
                        for spec in specs if spec["params"]]
 

@@ -31,6 +31,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from .backend import array_module
+from .grad_mode import grad_enabled, set_grad_enabled
 
 
 @dataclass(frozen=True)
@@ -81,14 +82,14 @@ def _thread_pool():
 def run_on_threads(tasks):
     """[task() for task in tasks], task 0 on this thread and each other on a pool thread, all
     at once; each runs as a worker (its own map_rows / matmul run in place, not nested), under
-    the caller's floating-point error settings (np.errstate is per thread)."""
-    errors = np.geterr()
+    the caller's floating-point error settings and grad mode (both are per thread)."""
+    errors, grad = np.geterr(), grad_enabled()
 
     def work(task):
         was = in_worker()
         _local.worker = True
         try:
-            with np.errstate(**errors):
+            with np.errstate(**errors), set_grad_enabled(grad):
                 return task()
         finally:
             _local.worker = was

@@ -1,7 +1,8 @@
 """Named model configurations: timm's ViT presets and small MNIST models.
 
 ``create_model(name, **overrides)`` builds one; any keyword of VisionTransformer overrides
-the preset (e.g. ``create_model("vit_base_patch16_224", num_classes=10, backend="cupy")``).
+the preset (e.g. ``create_model("vit_base_patch16_224", num_classes=10, backend="cupy")``), and
+``weights=FILE`` loads published weights into it (numpyvit.weights).
 """
 import difflib
 
@@ -35,10 +36,21 @@ PRESETS.update({
 })
 
 
-def create_model(name, **overrides):
-    """A VisionTransformer from a preset name, with keyword overrides."""
+def create_model(name, weights=None, **overrides):
+    """A VisionTransformer from a preset name, with keyword overrides; with ``weights`` (a
+    safetensors, JAX .npz or numpyvit checkpoint file) filled with those weights, adapting the
+    head, the position embeddings and the input channels as timm does (numpyvit.weights)."""
+    if weights is not None:
+        from .weights.pretrained import create_pretrained
+
+        return create_pretrained(name, weights, **overrides)
+    check_preset(name)
+    return VisionTransformer(**{**PRESETS[name], **overrides})
+
+
+def check_preset(name):
+    """ValueError naming the closest presets if ``name`` is not one."""
     if name not in PRESETS:
-        close = difflib.get_close_matches(name, PRESETS, n=3)
+        close = difflib.get_close_matches(str(name), PRESETS, n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise ValueError(f"unknown preset {name!r}.{hint} Available: {', '.join(sorted(PRESETS))}")
-    return VisionTransformer(**{**PRESETS[name], **overrides})

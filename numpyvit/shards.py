@@ -46,6 +46,10 @@ class SharedParameter(Parameter):
     def weight_decay(self):
         return self.source.weight_decay
 
+    @property
+    def requires_grad(self):
+        return self.source.requires_grad
+
 
 def replicate(module, memo=None):
     """A copy of ``module``'s layer tree sharing its parameters (see SharedParameter), with empty
@@ -121,4 +125,5 @@ class ThreadShards:
 
     def close(self):
         for replica in self.models[1:]:
-            replica.train(replica.training)                          # drops any pending cache
+            for module in replica.modules():
+                module._cache = None                                 # drops any pending activations

@@ -10,13 +10,15 @@ machine, and remembered:
    below which a product or an elementwise pass runs in one piece (where splitting stops paying).
 2. The way each workload uses the cores (``choose_strategy``): for a model architecture, batch size,
    training or inference and thread count, the first forward of that kind times one forward pass of
-   each way of numpyvit.parallel (processes, threads, split, blas) on the model itself in eval mode,
-   which changes nothing about the model (it caches nothing and draws no random numbers), and keeps
-   the fastest. Batch sizes are rounded to a power of two for this.
+   each way of numpyvit.parallel (processes, threads, split, blas) on the model itself in eval mode
+   under no_grad, which changes nothing about the model (it caches nothing and draws no random
+   numbers), and keeps the fastest (worker processes only if 5% faster than threads, since they
+   cost memory). Batch sizes are rounded to a power of two for this.
 
 Both are kept in ``<cache>/tuning.json`` (cache: $NUMPYVIT_CACHE_DIR, else $XDG_CACHE_HOME/numpyvit,
 else ~/.cache/numpyvit) under a fingerprint of the machine: CPU model, usable cores, NumPy and BLAS
-versions, BLAS kernel, OPENBLAS_CORETYPE. Another machine, or a new NumPy, measures again.
+versions, BLAS kernel, OPENBLAS_CORETYPE, numpyvit's version. Another machine, or a new NumPy
+or numpyvit, measures again.
 
     NUMPYVIT_PARALLEL=processes|threads|split|blas   always this way (nothing is measured)
     NUMPYVIT_TUNING=off                              measure nothing: default sizes, and shards on
@@ -34,11 +36,14 @@ from pathlib import Path
 import numpy as np
 
 from . import parallel
+from .grad_mode import grad_enabled
 from .workers import SUPPORTED as PROCESSES_SUPPORTED
 
 STRATEGIES = ("processes", "threads", "split", "blas")
 SHARDED = ("processes", "threads")
 CACHE_NAME = "tuning.json"
+PROCESS_MARGIN = 1.05    # worker processes are chosen only when this much faster than threads: each
+                         # holds an interpreter and its shard's activations of its own
 _forced = threading.local()
 _state = dict(settings_applied=False, fingerprint=None)
 _decisions = {}                        # workload key -> strategy, for this process
@@ -67,8 +72,10 @@ def machine():
     """A description of what makes timings differ between machines (the cache's key)."""
     blas = [dict(api=lib.internal_api, version=lib.version, kernel=getattr(lib, "architecture", None))
             for lib in parallel.blas_libraries()]
+    from . import __version__
+
     return dict(cpu=cpu_model(), cores=parallel.num_threads(), numpy=np.__version__, blas=blas,
-                coretype=os.environ.get("OPENBLAS_CORETYPE"))
+                coretype=os.environ.get("OPENBLAS_CORETYPE"), numpyvit=__version__)
 
 
 def cpu_model():
@@ -248,7 +255,7 @@ def choose_strategy(model, batch):
     apply_settings()
     if not tuning_enabled():
         return rule(batch, threads)
-    key = workload_key(model.config, batch, model.training, threads)
+    key = workload_key(model.config, batch, model.training and grad_enabled(), threads)
     if key not in _decisions:
         entry = machine_entry().get("workloads", {}).get(key)
         if entry is None or entry.get("strategy") not in ways:
@@ -263,17 +270,15 @@ def measure(model, batch, ways):
     Returns {"strategy": fastest, "ms": {way: milliseconds}}."""
     C, (H, W) = model.patch_embed.in_chans, model.patch_embed.img_size
     x = np.random.default_rng(0).standard_normal((batch, C, H, W)).astype(model.dtype)
-    was_training = model.training
-    model.eval()
     times = {}
-    try:
+    with model.inference():
         for way in ways:
             with forced(way):
                 warm_up = _best_time(lambda: model.forward(x), 1, warm_up=False)   # starts worker processes
                 times[way] = _best_time(lambda: model.forward(x), 2 if warm_up < 1.0 else 1, warm_up=False)
-    finally:
-        model.train(was_training)
     best = min(times, key=times.get)
+    if best == "processes" and times.get("threads", float("inf")) < PROCESS_MARGIN * times[best]:
+        best = "threads"                                             # close: threads cost no extra memory
     model.release_shards(keep=best)
     return dict(strategy=best, ms={way: round(t * 1e3, 2) for way, t in times.items()})
 

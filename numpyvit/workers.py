@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .grad_mode import grad_enabled, set_grad_enabled
 from .parallel import run_on_threads
 from .shards import draw_seeds, seed_layers, split_rows
 
@@ -99,7 +100,7 @@ class ProcessShards:
             worker.prepare(x[rows].shape, model.num_classes, self.params, model.dtype)
             worker.io["x"][...] = x[rows]
             worker.send(op="forward", training=model.training, seeds=draw_seeds(model) if model.training else [],
-                        errors=np.geterr())
+                        grad=grad_enabled(), errors=np.geterr())
         logits = run_on_threads([lambda: model.forward_stages(x[self.rows[0]])])
         for worker in self.workers:
             worker.reply()
@@ -110,12 +111,14 @@ class ProcessShards:
         model = self.model
         for worker, rows in zip(self.workers, self.rows[1:]):
             worker.io["dlogits"][...] = dlogits[rows]
-            worker.send(op="backward", errors=np.geterr())
+            worker.send(op="backward", errors=np.geterr(), trainable=[p.requires_grad for p in self.params])
         dx = run_on_threads([lambda: model.backward_stages(dlogits[self.rows[0]])])
         for worker in self.workers:
             worker.reply()
             for index, param in enumerate(self.params):
                 grad = worker.io[f"g{index}"]
+                if not param.requires_grad:
+                    continue
                 if param.grad is None:
                     param.grad = grad.copy()
                 else:
@@ -210,7 +213,7 @@ def _do(command, state):
     if op == "setup":
         from .model import VisionTransformer
 
-        model = VisionTransformer(**dict(command["config"], backend="numpy"))
+        model = VisionTransformer(**dict(command["config"], backend="numpy"), init=False)  # weights: shared below
         layout = {name: (offset, tuple(shape)) for name, (offset, shape) in command["layout"].items()}
         state["param_buffer"] = _map(command["params"], writable=False)
         for param, view in zip(model.parameters(), _views(state["param_buffer"], layout, model.dtype).values()):
@@ -226,11 +229,12 @@ def _do(command, state):
         model, io = state["model"], state["io"]
         model.train(command["training"])
         seed_layers(model, command["seeds"])
-        io["logits"][...] = model(io["x"])
+        with set_grad_enabled(command["grad"]):
+            io["logits"][...] = model(io["x"])
     elif op == "backward":
         model, io = state["model"], state["io"]
-        for index, param in enumerate(model.parameters()):
-            param.grad = io[f"g{index}"]
+        for index, param, trainable in zip(range(len(command["trainable"])), model.parameters(), command["trainable"]):
+            param.grad, param.requires_grad = io[f"g{index}"], trainable
             param.grad.fill(0)
         io["dx"][...] = model.backward(io["dlogits"])
     else:

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
+import numpyvit
+
 from numpyvit import Block, CrossEntropyLoss
 from numpyvit.backend import to_numpy
 from numpyvit.layers import (GELU, Attention, BackwardBeforeForwardError, ClassToken, DropPath, Dropout,
@@ -155,7 +157,7 @@ def test_backward_never_writes_into_its_input_or_upstream_gradient(name, xp, rng
 
 
 @pytest.mark.parametrize("name", LAYERS)
-def test_cache_is_released_by_backward_and_never_kept_in_eval(name, xp, rng):
+def test_cache_is_released_by_backward_and_never_kept_under_no_grad(name, xp, rng):
     case = build(name, xp, np.float64, rng)
     x = make_input(case, xp, np.float64, rng)
     assert not case.module.has_cache()
@@ -166,11 +168,17 @@ def test_cache_is_released_by_backward_and_never_kept_in_eval(name, xp, rng):
     with pytest.raises(BackwardBeforeForwardError, match="nothing cached"):
         case.module.backward(xp.ones(y.shape))                      # one backward per forward
 
-    case.module.eval()
-    y = run_forward(case, x)
+    with numpyvit.no_grad():
+        y = run_forward(case, x)
     assert not case.module.has_cache()
-    with pytest.raises(BackwardBeforeForwardError, match="eval mode"):
+    with pytest.raises(BackwardBeforeForwardError, match="no_grad"):
         case.module.backward(xp.ones(y.shape))
+
+    case.module.eval()                                               # eval: dropout off, gradients still there
+    y = run_forward(case, x)
+    assert case.module.has_cache()
+    case.module.backward(xp.ones(y.shape))
+    assert not case.module.has_cache()
 
 
 @pytest.mark.parametrize("name", WITH_PARAMETERS)

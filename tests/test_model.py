@@ -220,19 +220,31 @@ def test_training_forward_caches_and_backward_releases(xp, backend, rng):
     assert not model.has_cache()
 
 
-def test_eval_forward_caches_nothing_and_backward_then_refuses(xp, backend, rng):
-    model = small_vit(backend).eval()
-    logits = model(images(rng, xp))
+def test_no_grad_forward_caches_nothing_and_backward_then_refuses(xp, backend, rng):
+    import numpyvit
+
+    model = small_vit(backend)
+    with numpyvit.no_grad():
+        logits = model(images(rng, xp))
     assert not model.has_cache()
-    with pytest.raises(BackwardBeforeForwardError, match="eval mode"):
+    with pytest.raises(BackwardBeforeForwardError, match="no_grad"):
         model.backward(xp.ones_like(logits))
+    with model.inference():                                          # eval + no_grad, mode restored after
+        model(images(rng, xp))
+    assert model.training and not model.has_cache()
 
 
-def test_switching_to_eval_drops_a_pending_cache(rng):
-    model = small_vit()
-    model(images(rng))
-    assert model.has_cache()
-    assert not model.eval().has_cache()
+def test_gradients_in_eval_mode_are_those_of_the_model_without_dropout(rng):
+    """eval() switches dropout and drop path off; backward still works (as in PyTorch), e.g. to
+    explain a prediction with the gradient of a logit."""
+    x, dy = images(rng, dtype=np.float64), rng.standard_normal((2, 5))
+    noisy = small_vit(dtype="float64", drop_rate=0.3, drop_path_rate=0.3, attn_drop_rate=0.3).eval()
+    clean = small_vit(dtype="float64")
+    dx_noisy = (noisy(x), noisy.backward(dy))[1]
+    dx_clean = (clean(x), clean.backward(dy))[1]
+    np.testing.assert_allclose(dx_noisy, dx_clean, rtol=1e-12, atol=1e-15)
+    for (name, p), q in zip(noisy.named_parameters(), clean.parameters()):
+        np.testing.assert_allclose(p.grad, q.grad, rtol=1e-12, atol=1e-15, err_msg=name)
 
 
 def test_attention_maps_are_probabilities_and_leave_no_cache(rng):

@@ -15,6 +15,7 @@ import numpyvit
 import numpyvit.io
 import numpyvit.layers
 from numpyvit.data import Dataset
+from numpyvit.grad_mode import grad_enabled
 from numpyvit.io import CheckpointError, load_arrays, load_model
 from numpyvit.losses import CrossEntropyLoss
 from numpyvit.train import (RECIPES, NonFiniteLossError, TrainConfig, TrainingError, TrainingInterrupted,
@@ -121,8 +122,8 @@ def test_evaluate_returns_loss_accuracy_predictions_and_keeps_the_mode():
     model, ds = tiny_model(), tiny_dataset()
     result = evaluate(model, ds.test_images, ds.test_labels, mean=ds.mean, std=ds.std, batch_size=10)
     x = ((ds.test_images[:, None] / 255 - ds.mean) / ds.std).astype(np.float32)
-    logits = model.eval()(x)
-    model.train()
+    with model.inference():
+        logits = model(x)
     assert np.array_equal(result.predictions, logits.argmax(axis=1))
     assert result.accuracy == np.mean(result.predictions == ds.test_labels)
     assert np.isclose(result.loss, float(CrossEntropyLoss().eval().forward(logits, ds.test_labels)), rtol=1e-5)
@@ -231,7 +232,7 @@ def test_a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, mo
 
     def nan_from_epoch_2(self, logits, labels):
         loss = forward(self, logits, labels)
-        if self.training:
+        if grad_enabled():                                           # training steps, not evaluations
             calls[0] += 1
             if calls[0] > 5:
                 loss = loss * np.nan

@@ -4,8 +4,8 @@ Shapes: x, y any shape (here (B, N, hidden) inside the MLP).
 
 Every activation here is y = f(x) applied elementwise, so its backward is
     dx = dy * f'(x).
-Forward computes f'(x) while the values it is made of are at hand (in training mode
-only) and caches that one array; backward is then a single multiply. Forward runs on
+Forward computes f'(x) while the values it is made of are at hand (unless under
+numpyvit.no_grad()) and caches that one array; backward is then a single multiply. Forward runs on
 pieces of rows in parallel (numpyvit.parallel), writing into preallocated outputs.
 
 GELU (exact):  f(x) = x * Phi(x),  Phi(x) = (1 + erf(x / sqrt 2)) / 2   (normal CDF)
@@ -25,6 +25,7 @@ import math
 import numpy as np
 
 from ..backend import array_module
+from ..grad_mode import grad_enabled
 from ..parallel import map_rows, multiply
 from ..special import P32, erf, horner
 from .base import Module
@@ -44,7 +45,7 @@ class Activation(Module, abc.ABC):
     def forward(self, x):
         xp = array_module(x)
         y = xp.empty_like(x)
-        slope = xp.empty(x.shape, dtype=self.slope_dtype or x.dtype) if self.training else None
+        slope = xp.empty(x.shape, dtype=self.slope_dtype or x.dtype) if grad_enabled() else None
         x2, y2 = x.reshape(-1, x.shape[-1]), y.reshape(-1, x.shape[-1])       # (M, n) views
         s2 = None if slope is None else slope.reshape(x2.shape)
         map_rows(lambda r: self.evaluate(x2[r], y2[r], None if s2 is None else s2[r]),

@@ -1,8 +1,9 @@
 """The layer protocol: Parameter and Module.
 
 A layer is a Module with ``forward(x) -> y`` and ``backward(dy) -> dx``:
-- ``forward`` caches exactly what ``backward`` needs, and only in training mode
-  (``module.eval()`` caches nothing, so inference keeps no activations alive);
+- ``forward`` caches exactly what ``backward`` needs, except under ``numpyvit.no_grad()``
+  (inference keeps no activations alive); ``module.eval()`` only switches dropout off, so
+  gradients can be taken in eval mode too;
 - ``backward`` takes that cache (freeing it), returns the gradient of the input and
   *adds* the parameter gradients into ``param.grad`` (zero them with ``zero_grad()``);
 - neither ever writes into its input, its upstream gradient or a cached array.
@@ -10,23 +11,50 @@ A layer is a Module with ``forward(x) -> y`` and ``backward(dy) -> dx``:
 Parameters are named by attribute path, as in PyTorch/timm: a Parameter stored as
 ``self.weight`` in the child ``self.proj`` of ``self.attn`` is ``attn.proj.weight``.
 """
+import contextlib
+import threading
+
 import numpy as np
 
 from ..backend import array_module, to_numpy
+from ..grad_mode import grad_enabled, no_grad
 
 
 class BackwardBeforeForwardError(RuntimeError, ValueError):
     """``backward`` was called with nothing cached by a training-mode ``forward``."""
 
 
+_initializing = threading.local()
+
+
+@contextlib.contextmanager
+def initialization(enabled):
+    """With ``enabled`` False, layers built inside get uninitialized parameters (``empty``
+    arrays, no random draws): for weights that are loaded right after. Per thread."""
+    saved = initializing()
+    _initializing.enabled = enabled
+    try:
+        yield
+    finally:
+        _initializing.enabled = saved
+
+
+def initializing():
+    return getattr(_initializing, "enabled", True)
+
+
 def new_parameter(host_array, xp, dtype, weight_decay=True):
     """A Parameter holding ``host_array`` (initialized on the host with NumPy, so a seed gives
     the same weights on every backend) as an ``xp`` array of ``dtype``."""
+    if not initializing():
+        return Parameter(xp.empty(np.shape(host_array), dtype=dtype), weight_decay)
     return Parameter(xp.asarray(np.asarray(host_array), dtype=dtype), weight_decay)
 
 
 def trunc_normal(rng, shape, std=0.02, dtype=np.float32):
     """Normal(0, std) samples of ``dtype``, redrawn until within two standard deviations."""
+    if not initializing():
+        return np.empty(shape, dtype=dtype)
     dtype = np.dtype(dtype) if np.dtype(dtype) in (np.float32, np.float64) else np.float64
     values = rng.standard_normal(shape, dtype=dtype)
     outside = np.abs(values) > 2
@@ -42,24 +70,28 @@ class Parameter:
     first backward).
 
     ``weight_decay`` says whether AdamW should decay it by default (False for biases, norm
-    weights, position embeddings and the class token). Layers always read ``param.data``
-    at call time and never keep the array itself, so an optimizer may re-home ``data`` and
-    ``grad`` as views into one contiguous buffer (see ``numpyvit.optim``).
+    weights, position embeddings and the class token). ``requires_grad = False`` freezes it:
+    layers skip its gradient (and the work for it), and AdamW leaves it out. Layers always read
+    ``param.data`` at call time and never keep the array itself, so an optimizer may re-home
+    ``data`` and ``grad`` as views into one contiguous buffer (see ``numpyvit.optim``).
     """
 
-    __slots__ = ("data", "grad", "weight_decay")
+    __slots__ = ("data", "grad", "weight_decay", "requires_grad")
 
     def __init__(self, data, weight_decay=True):
         self.data = data
         self.grad = None
         self.weight_decay = weight_decay
+        self.requires_grad = True
 
     @property
     def shape(self):
         return self.data.shape
 
     def accumulate(self, value):
-        """grad += value (the first gradient is stored without a copy)."""
+        """grad += value (the first gradient is stored without a copy); nothing when frozen."""
+        if not self.requires_grad:
+            return
         if self.grad is None:
             self.grad = value
         else:
@@ -117,14 +149,25 @@ class Module:
 
     # ----- modes and gradients ------------------------------------------------------------
     def train(self, mode=True):
+        """Training mode (dropout on) or, with False, eval mode (dropout off)."""
         for module in self.modules():
             module.training = mode
-            if not mode:
-                module._cache = None
         return self
 
     def eval(self):
         return self.train(False)
+
+    @contextlib.contextmanager
+    def inference(self):
+        """Inside: eval mode and numpyvit.no_grad() (no dropout, nothing cached); the previous
+        mode comes back afterwards."""
+        was_training = self.training
+        self.eval()
+        try:
+            with no_grad():
+                yield self
+        finally:
+            self.train(was_training)
 
     def zero_grad(self):
         for param in self.parameters():
@@ -147,18 +190,17 @@ class Module:
     _cache = None
 
     def _save_for_backward(self, *values):
-        """Keep what backward needs; nothing is kept in eval mode."""
-        if self.training:
+        """Keep what backward needs; nothing is kept under numpyvit.no_grad()."""
+        if grad_enabled():
             self._cache = values
 
     def _saved(self):
         """Take (and release) what forward kept."""
         cache = self._cache
         if cache is None:
-            mode = "training" if self.training else "eval"
             raise BackwardBeforeForwardError(
-                f"{type(self).__name__}.backward() called with nothing cached (module is in {mode} "
-                "mode): run forward() in training mode (module.train()) first, once per backward()"
+                f"{type(self).__name__}.backward() called with nothing cached: run forward() first, outside "
+                "numpyvit.no_grad(), once per backward()"
             )
         self._cache = None
         return cache
@@ -176,8 +218,8 @@ class Module:
         """Copy arrays (NumPy or CuPy, from any device) into the parameters, in place; refuses
         missing, unexpected or mis-shaped entries, naming each one."""
         params = dict(self.named_parameters())
-        missing = sorted(set(params) - set(state_dict))
-        unexpected = sorted(set(state_dict) - set(params))
+        missing = sorted(set(params) - set(state_dict), key=_natural)
+        unexpected = sorted(set(state_dict) - set(params), key=_natural)
         mismatched = [
             f"{name}: checkpoint {tuple(state_dict[name].shape)} vs model {tuple(params[name].shape)}"
             for name in params
@@ -185,13 +227,23 @@ class Module:
         ]
         problems = []
         if missing:
-            problems.append("missing keys: " + ", ".join(missing))
+            problems.append("missing keys: " + _listed(missing))
         if unexpected:
-            problems.append("unexpected keys: " + ", ".join(unexpected))
+            problems.append("unexpected keys: " + _listed(unexpected))
         if mismatched:
-            problems.append("shape mismatch: " + "; ".join(mismatched))
+            problems.append("shape mismatch: " + _listed(mismatched, separator="; "))
         if problems:
             raise ValueError("load_state_dict refused the weights (" + " | ".join(problems) + ")")
         for name, param in params.items():
             xp = array_module(param.data)                            # arrays move to the model's device
             param.data[...] = to_numpy(state_dict[name]) if xp is np else xp.asarray(state_dict[name])
+
+
+def _natural(name):
+    """Sort key putting blocks.2 before blocks.10."""
+    return [int(part) if part.isdigit() else part for part in name.split(".")]
+
+
+def _listed(names, shown=10, separator=", "):
+    more = f"{separator}... ({len(names) - shown} more)" if len(names) > shown else ""
+    return separator.join(names[:shown]) + more

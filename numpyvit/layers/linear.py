@@ -59,9 +59,12 @@ class Linear(Module):
     def backward(self, dy):
         x2, W, affine = self._saved()
         dy2 = dy.reshape(-1, self.out_features)                     # (M, out)
+        dx = matmul(dy2, W)                                          # (M, in)
+        params = [self.weight, self.bias] + ([affine.weight, affine.bias] if affine is not None else [])
+        if not any(p is not None and p.requires_grad for p in params):
+            return dx.reshape(*dy.shape[:-1], self.in_features)     # all frozen: no weight gradients
         dW = matmul(dy2.T, x2)                                       # (out, in)
         db = col_sum(dy2) if self.bias is not None or affine is not None else None
-        dx = matmul(dy2, W)                                          # (M, in)
         if affine is not None:                                       # W, b were W', b'
             W, g = self._matrix(), affine.weight.data
             affine.weight.accumulate(col_sum(dW * W))                # dg = sum over o of dW' * W

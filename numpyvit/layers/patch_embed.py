@@ -13,7 +13,7 @@ Caches: the patches (inside the Linear).
 """
 import numpy as np
 
-from .base import Module
+from .base import Module, initializing
 from .linear import Linear
 
 
@@ -46,8 +46,9 @@ class PatchEmbed(Module):
         self.proj = Linear(fan_in, embed_dim, weight_shape=(embed_dim, in_chans, Ph, Pw),
                            xp=xp, dtype=dtype, rng=rng)
         bound = fan_in ** -0.5
-        self.proj.weight.data[...] = xp.asarray(rng.uniform(-bound, bound, self.proj.weight.shape))
-        self.proj.bias.data[...] = xp.asarray(rng.uniform(-bound, bound, embed_dim))
+        if initializing():
+            self.proj.weight.data[...] = xp.asarray(rng.uniform(-bound, bound, self.proj.weight.shape))
+            self.proj.bias.data[...] = xp.asarray(rng.uniform(-bound, bound, embed_dim))
 
     def forward(self, x):
         (Gh, Gw), (Ph, Pw), C = self.grid_size, self.patch_size, self.in_chans

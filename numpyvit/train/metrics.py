@@ -20,7 +20,8 @@ class Evaluation:
 
 
 def evaluate(model, images, labels, *, mean=None, std=None, batch_size=500, label_smoothing=0.0):
-    """Loss, accuracy and predictions of ``model`` in eval mode (its mode is restored after).
+    """Loss, accuracy and predictions of ``model`` in eval mode, caching nothing (its mode is
+    restored after).
 
     ``images`` are (N, H, W) uint8 with ``mean``/``std`` for normalizing (e.g. a Dataset's),
     or already normalized (N, 1, H, W) floats; see ``numpyvit.data.iterate_batches``.
@@ -28,20 +29,16 @@ def evaluate(model, images, labels, *, mean=None, std=None, batch_size=500, labe
     if len(labels) == 0:
         raise ValueError("evaluate needs at least one image")
     xp = model.xp
-    criterion = CrossEntropyLoss(label_smoothing).eval()             # eval: keeps no cache
+    criterion = CrossEntropyLoss(label_smoothing)
     loss_sum, correct = xp.zeros((), xp.float64), xp.zeros((), xp.int64)
     predictions = []
-    was_training = model.training
-    model.eval()
-    try:
+    with model.inference():
         for x, y in iterate_batches(images, labels, batch_size, shuffle=False, mean=mean, std=std, xp=xp):
             logits = model(x)                                        # (B, K)
             loss_sum += criterion.forward(logits, y) * len(y)
             predicted = logits.argmax(axis=1)                        # (B,)
             correct += (predicted == y).sum()
             predictions.append(predicted)
-    finally:
-        model.train(was_training)
     n = len(labels)
     predictions = to_numpy(xp.concatenate(predictions)).astype(np.int64)
     return Evaluation(float(loss_sum) / n, int(correct) / n, predictions)

@@ -150,13 +150,9 @@ def confusion_matrix(y_true, y_pred, num_classes):
 def predict(model, images, batch_size=500):
     """Class probabilities (N, K) float64 of normalized images (N, C, H, W), in eval mode and in
     batches (the model's mode is restored afterwards)."""
-    was_training = model.training
-    model.eval()
-    try:
+    with model.inference():
         logits = np.concatenate([to_numpy(model(images[i:i + batch_size]))
                                  for i in range(0, len(images), batch_size)]).astype(np.float64)
-    finally:
-        model.train(was_training)
     logits -= logits.max(axis=1, keepdims=True)                       # stable softmax
     probs = np.exp(logits)
     return probs / probs.sum(axis=1, keepdims=True)

@@ -1,0 +1,144 @@
+"""A model from published weights: ``create_model(name, weights=FILE, num_classes=..., img_size=...)``.
+
+    model = numpyvit.create_model("vit_base_patch16_224", weights="model.safetensors")
+    model = numpyvit.create_model("vit_base_patch16_224", weights="ViT-B_16.npz", num_classes=100,
+                                  img_size=384)      # a new head; position embeddings resampled
+
+FILE is a safetensors file (timm's ``model.safetensors``, or one written by ``save_weights``), an
+original JAX ``.npz`` (numpyvit.weights.jax_npz), or a numpyvit checkpoint (``.npz`` holding its
+config; then ``name`` may be None). Tensors are matched by timm's names, and as in timm:
+- a head whose number of classes is not ``num_classes`` is left out, and the model gets a freshly
+  initialized one (``num_classes`` defaults to the file's);
+- position embeddings of another patch grid are resampled (numpyvit.weights.resample);
+- patch-embedding kernels for one input channel instead of three are summed over R, G, B;
+- anything else that does not fit is refused with an error naming the tensor.
+The model is built without random initialization (``init=False``) and then filled, on its backend.
+
+``model.pretrained_cfg`` holds how images must be prepared for these weights: mean, std, crop_pct
+(from the file's metadata, a timm ``config.json`` beside it, or timm's ViT defaults) and class names.
+"""
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..io import META_KEY, CheckpointError, load_arrays, prefixed
+from .errors import WeightsError
+from .jax_npz import read_jax_npz
+from .resample import resample_pos_embed
+from .safetensors import read_safetensors, write_safetensors
+
+VIT_DEFAULTS = dict(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), crop_pct=0.9)   # timm's ViT default cfg
+
+
+def read_weights(path):
+    """({timm name: array}, info) of a weights file; info holds ``config`` (numpyvit's, if the file
+    has one) and the preprocessing: mean, std, crop_pct, classes."""
+    from ..io import CHECKPOINT_NAME
+
+    path = Path(path)
+    if path.is_dir():                                                # a training run's folder
+        path = path / CHECKPOINT_NAME
+    if not path.is_file():
+        raise WeightsError(f"no weights file at {path}")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    info = dict(VIT_DEFAULTS, config=None, classes=None)
+    if magic == b"PK\x03\x04":                                       # .npz: numpyvit's or JAX's
+        if _npz_has(path, META_KEY):
+            arrays, meta = load_arrays(path)
+            state = prefixed(arrays, "model")
+            data = meta.get("data", {})
+            info.update(config=meta.get("config"), classes=data.get("classes"),
+                        mean=data.get("mean", info["mean"]), std=data.get("std", info["std"]))
+        else:
+            state = read_jax_npz(path)
+    else:
+        state, metadata = read_safetensors(path)
+        for key in ("mean", "std", "crop_pct", "classes", "config"):
+            if key in metadata:
+                info[key] = json.loads(metadata[key])
+    info.update(_timm_config(path))
+    return state, info
+
+
+def _npz_has(path, name):
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return name + ".npy" in archive.namelist()
+    except zipfile.BadZipFile as err:
+        raise CheckpointError(f"{path} is corrupt or truncated ({err})") from err
+
+
+def _timm_config(path):
+    """Preprocessing from a timm / Hugging Face ``config.json`` beside the weights, if any."""
+    config = path.with_name("config.json")
+    if not config.is_file():
+        return {}
+    try:
+        pretrained = json.loads(config.read_text()).get("pretrained_cfg", {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+    found = {key: pretrained[key] for key in ("mean", "std", "crop_pct") if key in pretrained}
+    if "label_names" in pretrained:
+        found["classes"] = pretrained["label_names"]
+    return found
+
+
+def create_pretrained(name, weights, **overrides):
+    """See the module docstring; ``overrides`` are VisionTransformer keywords."""
+    from ..model import VisionTransformer
+    from ..presets import PRESETS, check_preset
+
+    state, info = read_weights(weights)
+    if name is None and info["config"] is None:
+        raise WeightsError(f"{weights} holds no model config: name a preset, e.g. "
+                           "create_model('vit_base_patch16_224', weights=...)")
+    if name is not None:
+        check_preset(name)
+    config = dict(info["config"] or {}, **(PRESETS[name] if name is not None else {}))
+    config.pop("backend", None)
+    file_classes = state["head.weight"].shape[0] if "head.weight" in state else None
+    config["num_classes"] = file_classes or config.get("num_classes", 1000)
+    config.update(overrides)
+    model = VisionTransformer(**config, init=False)
+    state = _adapt(model, state, config["num_classes"] == file_classes, weights)
+    try:
+        model.load_state_dict(state)
+    except ValueError as err:
+        raise WeightsError(f"{weights} does not fit {name or 'its model'} with {overrides or 'its settings'}: "
+                           f"{err}") from err
+    same_classes = config["num_classes"] == file_classes
+    model.pretrained_cfg = dict(mean=info["mean"], std=info["std"], crop_pct=info["crop_pct"],
+                                classes=info["classes"] if same_classes else None, file=str(weights))
+    return model
+
+
+def _adapt(model, state, keep_head, source):
+    """The file's tensors made to fit ``model``: a new head, resampled position embeddings,
+    patch kernels summed to one channel."""
+    state = {name: np.asarray(value, dtype=model.dtype) for name, value in state.items()}
+    if not keep_head:                                                # a fresh head, as VisionTransformer makes it
+        from ..layers import Linear
+
+        state.pop("head.weight", None)
+        state.pop("head.bias", None)
+        fresh = Linear(model.embed_dim, model.num_classes, rng=np.random.default_rng(model.config["seed"]),
+                       dtype=model.dtype)
+        state["head.weight"], state["head.bias"] = fresh.weight.data, fresh.bias.data
+    if "pos_embed" in state and hasattr(model, "pos_embed") and state["pos_embed"].shape != model.pos_embed.shape:
+        state["pos_embed"] = resample_pos_embed(state["pos_embed"], model.patch_embed.grid_size)
+    kernel = state.get("patch_embed.proj.weight")
+    if kernel is not None and kernel.ndim == 4 and kernel.shape[1] == 3 and model.patch_embed.in_chans == 1:
+        state["patch_embed.proj.weight"] = kernel.sum(axis=1, keepdims=True)     # timm's adapt_input_conv
+    return state
+
+
+def save_weights(model, path, **metadata):
+    """Write a model's weights as a safetensors file with timm's names (``timm.create_model(...,
+    pretrained=True, pretrained_cfg_overlay=dict(file=path))`` loads it), with numpyvit's config and
+    any JSON-able ``metadata`` (e.g. mean, std, classes) in its header."""
+    info = {key: json.dumps(value) for key, value in dict(metadata, config=model.config).items()}
+    write_safetensors(path, model.state_dict(), dict(info, format="pt"))
