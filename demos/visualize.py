@@ -7,6 +7,11 @@ the misclassified test images.
 
     python demos/visualize.py --checkpoint runs/mnist_tiny             # -> runs/mnist_tiny/figures
     python demos/visualize.py --checkpoint runs/mnist_tiny --image seven.png --image two.jpg
+    python demos/visualize.py --weights model.safetensors --image photo.jpg --out figures
+
+With --weights (pretrained weights: timm's safetensors, a JAX .npz, a numpyvit checkpoint) the
+figures are drawn over your photos: attention rollout, gradient saliency and the [CLS] attention
+of every head, plus the position similarity and patch filters of the weights.
 
 The model runs on --backend (default: $NUMPYVIT_BACKEND, else numpy), whatever backend it was
 trained on.
@@ -18,8 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
+import numpyvit
 from numpyvit import data, viz
+from numpyvit.data import prepare_photos
 from numpyvit.io import CheckpointError, load_model_and_meta
+from numpyvit.weights.pretrained import class_names
 
 NUM_SHOWN = 4        # test images whose attention is drawn when no --image is given
 NUM_DISTANCE = 100   # test images the mean attention distance is averaged over
@@ -29,7 +37,10 @@ NUM_PCA = 28         # filter components drawn, as in the ViT paper's Fig. 7
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, help="run folder holding checkpoint.npz, or a .npz file")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="run folder holding checkpoint.npz, or a .npz file")
+    source.add_argument("--weights", help="pretrained weights, drawn over the --image photos")
+    parser.add_argument("--model", help="with --weights: the preset (default: from the file)")
     parser.add_argument("--image", action="append", default=[], metavar="FILE",
                         help="PNG/JPG image to draw attention for (repeatable; default: the first test images)")
     parser.add_argument("--data-dir", help="folder holding the dataset (default: $NUMPYVIT_DATA, the cache)")
@@ -42,6 +53,8 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.num_test is not None and args.num_test < 1:
         parser.error(f"--num-test must be at least 1, got {args.num_test}")
+    if args.weights and not args.image:
+        parser.error("--weights draws over photos: give at least one --image")
     return args
 
 
@@ -72,6 +85,8 @@ def attention_figures(model, images, names, ds, out):
              for b in range(len(images))]
     rollout = viz.cls_attention_maps(viz.attention_rollout(attentions), grid)  # (B, Gh, Gw)
     paths.append(viz.plot_attention_rollout(images, rollout, out / "attention_rollout.png", titles))
+    maps, _ = viz.saliency(model, x)                                     # (B, H, W)
+    paths.append(viz.plot_saliency(images, maps, out / "saliency.png", titles))
     return paths
 
 
@@ -89,9 +104,36 @@ def model_figures(model, x, out):
             viz.plot_attention_distance(distances, out / "attention_distance.png", uniform=uniform)]
 
 
+def photo_figures(args):
+    """Attention rollout, saliency, per-head attention of pretrained weights over photos; and the
+    weights' position similarity and patch filters."""
+    model = numpyvit.create_model(args.model, weights=args.weights, backend=args.backend)
+    x, photos = prepare_photos(args.image, model)                       # (B, C, H, W), (B, H, W[, 3])
+    names = class_names(model)
+    probs = viz.predict(model, x)                                        # (B, K)
+    titles = [f"{Path(f).name}\n{names[p.argmax()].split(',')[0]} ({100 * p.max():.0f}%)" for f, p in zip(args.image, probs)]
+    out = Path(args.out or "figures")
+    grid = model.patch_embed.grid_size
+    attentions = model.attention_maps(x)                                 # L x (B, heads, T, T)
+    rollout = viz.cls_attention_maps(viz.attention_rollout(attentions), grid)   # (B, Gh, Gw)
+    maps, _ = viz.saliency(model, x)                                     # (B, H, W)
+    paths = [viz.plot_attention_rollout(photos, rollout, out / "attention_rollout.png", titles),
+             viz.plot_saliency(photos, maps, out / "saliency.png", titles)]
+    cls_maps = viz.cls_attention_maps(viz.stack_attentions(attentions), grid)    # (L, B, heads, Gh, Gw)
+    paths += [viz.plot_attention_heads(photos[b], cls_maps[:, b], out / f"attention_heads_{b + 1}.png",
+                                       title=f"[CLS] attention per layer and head\n{titles[b]}")
+              for b in range(len(photos))]
+    return paths + model_figures(model, x, out)
+
+
 def main(argv=None):
     args = parse_args(argv)
     start = time.perf_counter()
+    if args.weights:
+        paths = photo_figures(args)
+        print("\n".join(str(p) for p in paths))
+        print(f"{len(paths)} figures ({time.perf_counter() - start:.1f} s)")
+        return paths
     checkpoint = Path(args.checkpoint)
     model, meta = load_model_and_meta(checkpoint, args.backend)
     run_dir = checkpoint if checkpoint.is_dir() else checkpoint.parent
@@ -141,5 +183,5 @@ def main(argv=None):
 if __name__ == "__main__":
     try:
         main()
-    except (CheckpointError, data.DatasetNotFoundError) as err:
+    except (CheckpointError, data.DatasetNotFoundError, ValueError, OSError) as err:  # WeightsError is a ValueError
         raise SystemExit(f"error: {err}") from err

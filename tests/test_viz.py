@@ -249,7 +249,7 @@ def test_demo_end_to_end(run, capsys):
     paths = load_demo().main(["--checkpoint", str(run.path)])
     names = {Path(p).name for p in paths}
     assert names == {"attention_heads_1.png", "attention_heads_2.png", "attention_heads_3.png",
-                     "attention_heads_4.png", "attention_rollout.png", "position_similarity.png",
+                     "attention_heads_4.png", "attention_rollout.png", "saliency.png", "position_similarity.png",
                      "patch_filters_pca.png", "attention_distance.png", "training_curves.png",
                      "confusion_matrix.png", "mistakes.png"}
     for path in paths:

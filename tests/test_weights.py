@@ -216,12 +216,16 @@ def test_another_number_of_classes_gets_a_fresh_head_and_another_size_resampled_
 
 
 def test_weights_that_do_not_fit_are_refused_naming_the_tensor(tiny_weights, tmp_path):
-    _, path = tiny_weights
-    with pytest.raises(WeightsError, match=r"missing keys: blocks\.2\..*"):
-        numpyvit.create_model("vit_tiny_patch16_224", weights=path)   # 12 blocks asked, 2 in the file
+    model, path = tiny_weights
+    with pytest.raises(WeightsError, match=r"another architecture than vit_tiny_patch16_224: depth 12 \(preset\) "
+                                           r"vs 2 \(file\)"):
+        numpyvit.create_model("vit_tiny_patch16_224", weights=path)   # the file's config says 2 blocks
+    write_safetensors(tmp_path / "bare.safetensors", model.state_dict())          # tensors only, as timm's
+    with pytest.raises(WeightsError, match=r"missing keys: blocks\.2\..*\(\d+ more\)"):
+        numpyvit.create_model("vit_tiny_patch16_224", weights=tmp_path / "bare.safetensors")
     with pytest.raises(WeightsError, match=r"shape mismatch: cls_token: checkpoint \(1, 1, 192\) vs model \(1, 1, 384\).*"
                                             r"\(\d+ more\)"):
-        numpyvit.create_model("vit_small_patch16_224", weights=path, depth=2)
+        numpyvit.create_model("vit_small_patch16_224", weights=tmp_path / "bare.safetensors", depth=2)
     with pytest.raises(WeightsError, match="no weights file at"):
         numpyvit.create_model("vit_tiny_patch16_224", weights=tmp_path / "nowhere.safetensors")
     with pytest.raises(ValueError, match="unknown preset 'vit_tiny_patch16'. Did you mean"):

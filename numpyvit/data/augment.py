@@ -32,7 +32,8 @@ def affine_transform(x, angle, scale, translate, fill=0.0):
     """Rotate by ``angle`` degrees, scale by ``scale`` and shift by ``translate`` pixels.
 
     x: (B, C, H, W) float; angle, scale: (B,); translate: (B, 2) as (dx, dy), positive moves
-    the content right / down. Returns (B, C, H, W) float32; pixels from outside are ``fill``.
+    the content right / down. Returns (B, C, H, W) float32; pixels from outside are ``fill`` (one
+    value, or one per channel).
     """
     if x.ndim != 4:
         raise ValueError(f"expected images of shape (B, C, H, W), got {x.shape}")
@@ -58,7 +59,8 @@ def affine_transform(x, angle, scale, translate, fill=0.0):
     wy = (qy - y0).reshape(B, 1, H * W)
 
     Wp = W + 2  # padded width; padded index = original index + 1
-    padded = np.full((B, C, H + 2, Wp), fill, dtype=np.float32)
+    padded = np.empty((B, C, H + 2, Wp), dtype=np.float32)
+    padded[...] = np.asarray(fill, dtype=np.float32).reshape(-1, 1, 1)  # one value, or one per channel
     padded[:, :, 1:-1, 1:-1] = x
     flat = padded.reshape(-1)  # (B * C * (H + 2) * Wp,)
     start = (np.arange(B * C) * ((H + 2) * Wp)).reshape(B, C, 1)  # (B, C, 1) image offsets
@@ -75,9 +77,9 @@ class RandomAffine:
     With ``hflip``, each image is also mirrored left-right with probability 1/2 (right for
     clothes, wrong for digits).
 
-    ``fill`` is the value of pixels that come from outside the image. Augment after
-    normalizing and pass the normalized background, ``(0 - mean) / std``, so that the new
-    border looks like the old one.
+    ``fill`` is the value of pixels that come from outside the image (one, or one per channel).
+    Augment after normalizing and pass the normalized background, ``(0 - mean) / std``, so that
+    the new border looks like the old one.
 
     Call it as ``aug(x, rng)`` with x (B, C, H, W) float and a ``numpy.random.Generator``;
     it returns a new (B, C, H, W) float32 array.
@@ -93,7 +95,7 @@ class RandomAffine:
         self.max_translate = float(max_translate)
         self.max_rotate = float(max_rotate)
         self.scale = (float(scale[0]), float(scale[1]))
-        self.fill = float(fill)
+        self.fill = float(fill) if np.ndim(fill) == 0 else tuple(float(v) for v in fill)
         self.hflip = bool(hflip)
 
     def sample(self, batch, rng):

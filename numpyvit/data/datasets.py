@@ -72,8 +72,9 @@ class DatasetNotFoundError(FileNotFoundError):
 
 @dataclass
 class Dataset:
-    """One dataset in memory: images (N, 28, 28) uint8, labels (N,) uint8 in 0..9, the class
-    names, and the mean/std of the training pixels scaled to [0, 1] (for ``normalize``)."""
+    """One dataset in memory: images (N, H, W) or (N, C, H, W) uint8, labels (N,) integers in
+    0..K-1, the K class names, and the mean/std of the training pixels scaled to [0, 1] (one
+    value, or one per channel; for ``normalize``)."""
 
     name: str
     train_images: np.ndarray

@@ -1,9 +1,10 @@
 """Photos for a ViT: decoding with Pillow and the evaluation transform of pretrained weights.
 
 timm's evaluation transform (``timm.data.transforms_imagenet_eval``), step by step:
-    1. resize with Pillow's bicubic filter so that the shorter side is floor(img_size / crop_pct)
-       pixels (crop_pct 0.9: 248 for 224), keeping the aspect ratio (the longer side becomes
-       int(shorter * long / short)); for a (height, width) img_size, to floor(each / crop_pct)
+    1. resize with Pillow's bicubic filter, keeping the aspect ratio, so that the image just covers
+       floor(img_size / crop_pct) pixels (crop_pct 0.9: 248 for 224): for a square size the shorter
+       side becomes 248 and the longer int(248 * long / short); for (height, width) both sides are
+       divided by min(h / target_h, w / target_w) and rounded
     2. crop the central img_size square: top = round((h - img_size) / 2), likewise left
     3. scale to [0, 1] and normalize each channel: (x - mean) / std with the weights' mean and std
        (0.5 for timm's ViTs and the augreg files, ImageNet's (0.485, 0.456, 0.406) /
@@ -16,6 +17,12 @@ from pathlib import Path
 import numpy as np
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+IMAGENET_CLASSES = Path(__file__).with_name("imagenet_classes.txt")   # "<WordNet id>\t<names>" per line
+
+
+def imagenet_classes():
+    """The 1,000 ImageNet-1k class names, in the order of the classifiers' outputs."""
+    return [line.split("\t", 1)[1] for line in IMAGENET_CLASSES.read_text().splitlines()]
 
 
 def load_image(path, channels=3):
@@ -39,14 +46,14 @@ def resize_and_crop(image, img_size, crop_pct=0.9):
     """Steps 1 and 2 above: a Pillow image of img_size (an int, or (height, width))."""
     from PIL import Image
 
-    if isinstance(img_size, int):
-        scale = math.floor(img_size / crop_pct)
-        w, h = image.size
-        size = (scale, int(scale * h / w)) if w <= h else (int(scale * w / h), scale)   # (width, height)
-        out_h = out_w = img_size
-    else:
-        out_h, out_w = img_size
-        size = (math.floor(out_w / crop_pct), math.floor(out_h / crop_pct))
+    out_h, out_w = (img_size, img_size) if isinstance(img_size, int) else img_size
+    target_h, target_w = math.floor(out_h / crop_pct), math.floor(out_w / crop_pct)
+    w, h = image.size
+    if target_h == target_w:                                         # torchvision's Resize(int)
+        size = (target_w, int(target_w * h / w)) if w <= h else (int(target_h * w / h), target_h)
+    else:                                                            # timm's ResizeKeepRatio
+        ratio = min(h / target_h, w / target_w)
+        size = (round(w / ratio), round(h / ratio))                  # (width, height)
     image = image.resize(size, Image.BICUBIC)
     w, h = image.size
     top, left = int(round((h - out_h) / 2.0)), int(round((w - out_w) / 2.0))
@@ -69,11 +76,12 @@ def eval_transform(path, img_size, mean, std, crop_pct=0.9, channels=3):
 
 
 def prepare_photos(paths, model):
-    """(B, C, H, W) float32 for a model with a ``pretrained_cfg`` (or timm's ViT defaults)."""
+    """(inputs (B, C, H, W) float32, the cropped photos as uint8 (B, H, W[, 3]) for drawing), for a
+    model with a ``pretrained_cfg`` (or timm's ViT defaults)."""
     from ..weights.pretrained import VIT_DEFAULTS
 
     cfg = dict(VIT_DEFAULTS, **getattr(model, "pretrained_cfg", {}))
     size = model.patch_embed.img_size
     img_size = size[0] if size[0] == size[1] else size
-    return np.stack([eval_transform(p, img_size, cfg["mean"], cfg["std"], cfg["crop_pct"],
-                                    model.patch_embed.in_chans) for p in paths])
+    crops = [resize_and_crop(load_image(p, model.patch_embed.in_chans), img_size, cfg["crop_pct"]) for p in paths]
+    return np.stack([to_array(c, cfg["mean"], cfg["std"]) for c in crops]), np.stack([np.asarray(c) for c in crops])

@@ -15,34 +15,44 @@ import numpy as np
 
 
 def normalize(images, mean, std):
-    """(N, H, W) uint8 -> (N, 1, H, W) float32 holding (images / 255 - mean) / std."""
+    """(N, H, W) or (N, C, H, W) uint8 -> (N, C, H, W) float32 holding (images / 255 - mean) / std,
+    with one mean and std for all channels or one per channel."""
     images = np.asarray(images)
-    if images.dtype != np.uint8 or images.ndim != 3:
-        raise TypeError(f"normalize expects (N, H, W) uint8 images, got {images.shape} {images.dtype}")
-    table = ((np.arange(256) / 255.0 - mean) / std).astype(np.float32)  # (256,) value of each pixel
-    return np.take(table, images[:, None])  # (N, 1, H, W)
+    if images.dtype != np.uint8 or images.ndim not in (3, 4):
+        raise TypeError(f"normalize expects (N, H, W) or (N, C, H, W) uint8 images, got {images.shape} "
+                        f"{images.dtype}")
+    images = images[:, None] if images.ndim == 3 else images                  # (N, C, H, W)
+    C = images.shape[1]
+    mean, std = (np.broadcast_to(np.asarray(v, np.float64).reshape(-1), (C,)) for v in (mean, std))
+    tables = ((np.arange(256) / 255.0 - mean[:, None]) / std[:, None]).astype(np.float32)  # (C, 256)
+    if C == 1:
+        return np.take(tables[0], images)                                      # (N, 1, H, W)
+    out = np.empty(images.shape, np.float32)
+    for c in range(C):
+        np.take(tables[c], images[:, c], out=out[:, c])
+    return out
 
 
 def iterate_batches(images, labels, batch_size, *, shuffle, rng=None, augment=None,
                     drop_last=False, mean=None, std=None, xp=np):
-    """Yield one epoch of ``(x, y)``: x (B, 1, H, W) float32 normalized, y (B,) int64, both
+    """Yield one epoch of ``(x, y)``: x (B, C, H, W) float32 normalized, y (B,) int64, both
     ``xp`` arrays.
 
-    images: either (N, H, W) uint8, normalized batch by batch with ``mean`` and ``std`` (give
-        both, e.g. ``dataset.mean, dataset.std``), or the (N, 1, H, W) float output of
-        ``normalize``, used as it is (then leave ``mean``/``std`` out).
+    images: either (N, H, W) or (N, C, H, W) uint8, normalized batch by batch with ``mean`` and
+        ``std`` (give both, e.g. ``dataset.mean, dataset.std``), or the (N, C, H, W) float output
+        of ``normalize``, used as it is (then leave ``mean``/``std`` out).
     labels: (N,) integers.
     shuffle: visit the samples in the order of ``rng.permutation(N)`` (every sample once).
     rng: a seeded ``numpy.random.Generator``; needed to shuffle or augment, so that a seed
         reproduces a run.
-    augment: optional ``(x (B, 1, H, W) float32, rng) -> same shape``, applied on the host.
+    augment: optional ``(x (B, C, H, W) float32, rng) -> same shape``, applied on the host.
     drop_last: skip the final batch when it has fewer than ``batch_size`` samples.
     """
-    raw = images.dtype == np.uint8 and images.ndim == 3
+    raw = images.dtype == np.uint8 and images.ndim in (3, 4)
     if raw and (mean is None or std is None):
         raise ValueError("uint8 images need mean= and std= (e.g. dataset.mean, dataset.std)")
-    if not raw and (images.ndim != 4 or images.shape[1] != 1 or images.dtype.kind != "f"):
-        raise TypeError(f"images must be (N, H, W) uint8 or normalized (N, 1, H, W) float, "
+    if not raw and (images.ndim != 4 or images.dtype.kind != "f"):
+        raise TypeError(f"images must be (N, H, W) or (N, C, H, W) uint8, or normalized (N, C, H, W) float, "
                         f"got {images.shape} {images.dtype}")
     if not raw and (mean is not None or std is not None):
         raise ValueError("these float images are already normalized; leave out mean= and std=")
@@ -59,9 +69,9 @@ def iterate_batches(images, labels, batch_size, *, shuffle, rng=None, augment=No
     for start in range(0, stop, batch_size):
         idx = order[start:start + batch_size]  # (B,)
         if raw:
-            x = normalize(images[idx], mean, std)  # (B, 1, H, W)
+            x = normalize(images[idx], mean, std)  # (B, C, H, W)
         else:
-            x = images[idx].astype(np.float32, copy=False)  # (B, 1, H, W)
+            x = images[idx].astype(np.float32, copy=False)  # (B, C, H, W)
         if augment is not None:
             x = augment(x, rng)
         yield xp.asarray(x), xp.asarray(labels[idx].astype(np.int64))

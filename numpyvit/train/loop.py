@@ -100,6 +100,12 @@ def fit(model, dataset, config, out_dir, *, resume=False, log=_STDERR):
     return history
 
 
+def background(mean, std):
+    """The normalized value of a black pixel, (0 - mean) / std: one, or one per channel."""
+    value = (0.0 - np.asarray(mean, np.float64)) / np.asarray(std, np.float64)
+    return float(value) if value.ndim == 0 else tuple(value.tolist())
+
+
 def _plot_curves(history, path, progress):
     """curves.png; a plot that cannot be drawn is a note, never the end of a run."""
     try:
@@ -125,7 +131,7 @@ class _Loop:
         self.augment = None
         if config.augment:
             self.augment = RandomAffine(max_translate=config.max_translate, max_rotate=config.max_rotate,
-                                        scale=config.scale, fill=(0 - dataset.mean) / dataset.std,
+                                        scale=config.scale, fill=background(dataset.mean, dataset.std),
                                         hflip=config.hflip)
         self.session_start = time.perf_counter()
         self.session_steps = 0

@@ -20,7 +20,8 @@ Filter PCA        X = the D patch-embedding filters flattened to C*Ph*Pw, center
                   (C, Ph, Pw), each signed so that its largest-magnitude entry is positive;
                   explained variance ratio: S_i^2 / sum(S^2).
 Confusion matrix  M[t, p] = number of images of true class t predicted as p.
-Also here: ``predict`` (batched class probabilities in eval mode) and ``to_grayscale`` / ``resize``
+Also here: ``saliency`` (the gradient of a class logit with respect to the pixels), ``predict``
+(batched class probabilities in eval mode) and ``to_grayscale`` / ``resize``
 (area averaging), which turn an image file's pixels into the model's input size.
 """
 import numpy as np
@@ -156,6 +157,32 @@ def predict(model, images, batch_size=500):
     logits -= logits.max(axis=1, keepdims=True)                       # stable softmax
     probs = np.exp(logits)
     return probs / probs.sum(axis=1, keepdims=True)
+
+
+def saliency(model, images, target=None):
+    """Gradient saliency (Simonyan et al. 2014): how much each pixel moves the chosen class's logit,
+        s[b, i, j] = max over channels c of |d logit[b, target_b] / d images[b, c, i, j]|,
+    from one forward and one backward in eval mode (dropout off), with every parameter frozen
+    meanwhile so no weight gradient is computed or accumulated. images (B, C, H, W) normalized;
+    target: the class per image (default: the predicted one). Returns (saliency (B, H, W)
+    float64, target (B,) int64); the model's mode and parameters' flags are restored."""
+    params = model.parameters()
+    flags = [p.requires_grad for p in params]
+    was_training = model.training
+    model.eval()
+    try:
+        for p in params:
+            p.requires_grad = False
+        logits = to_numpy(model(images)).astype(np.float64)           # (B, K)
+        target = logits.argmax(axis=1) if target is None else np.asarray(target, np.int64)
+        one_hot = np.zeros(logits.shape, dtype=model.dtype)
+        one_hot[np.arange(len(target)), target] = 1                   # d logit[target] / d logits
+        dx = to_numpy(model.backward(one_hot)).astype(np.float64)     # (B, C, H, W)
+    finally:
+        for p, flag in zip(params, flags):
+            p.requires_grad = flag
+        model.train(was_training)
+    return np.abs(dx).max(axis=1), target
 
 
 def to_grayscale(image):

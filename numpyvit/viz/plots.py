@@ -103,6 +103,22 @@ def plot_attention_rollout(images, rollout_maps, path, titles=None):
     return _save(fig, path)
 
 
+def plot_saliency(images, maps, path, titles=None):
+    """Gradient saliency maps (B, H, W) of images (B, H, W[, 3]): per image the input and the map
+    over it (numpyvit.viz.saliency)."""
+    B = len(images)
+    fig = _figure(5.6, 2.5 * B + 0.5)
+    axes = fig.subplots(B, 2, squeeze=False)
+    for b in range(B):
+        _show_image(axes[b, 0], images[b])
+        axes[b, 0].set_title(titles[b] if titles else "input", fontsize=9)
+        im = _overlay(axes[b, 1], images[b], maps[b], float(np.percentile(maps[b], 99.5)) or 1.0)
+        axes[b, 1].set_title("|d logit / d pixel|", fontsize=9)
+        fig.colorbar(im, ax=axes[b, 1], label="saliency")
+    fig.suptitle("Gradient saliency of the predicted class (Simonyan et al. 2014)")
+    return _save(fig, path)
+
+
 def plot_position_similarity(similarity, grid_size, path):
     """The ViT paper's Fig. 7 (center): for each patch (r, c) of the grid, the cosine similarity
     of its position embedding to every patch's, similarity (N, N), as a small (Gh, Gw) map."""

@@ -6,7 +6,9 @@
 
 FILE is a safetensors file (timm's ``model.safetensors``, or one written by ``save_weights``), an
 original JAX ``.npz`` (numpyvit.weights.jax_npz), or a numpyvit checkpoint (``.npz`` holding its
-config; then ``name`` may be None). Tensors are matched by timm's names, and as in timm:
+config, which then fills in what the preset leaves open and must agree with its architecture).
+``name`` may be None: then the file's config, or the preset whose width, depth and patch size the
+tensors have. Tensors are matched by timm's names, and as in timm:
 - a head whose number of classes is not ``num_classes`` is left out, and the model gets a freshly
   initialized one (``num_classes`` defaults to the file's);
 - position embeddings of another patch grid are resampled (numpyvit.weights.resample);
@@ -29,6 +31,7 @@ from .resample import resample_pos_embed
 from .safetensors import read_safetensors, write_safetensors
 
 VIT_DEFAULTS = dict(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), crop_pct=0.9)   # timm's ViT default cfg
+ARCHITECTURE = ("patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio")   # a preset and a file must agree
 
 
 def read_weights(path):
@@ -94,11 +97,20 @@ def create_pretrained(name, weights, **overrides):
 
     state, info = read_weights(weights)
     if name is None and info["config"] is None:
-        raise WeightsError(f"{weights} holds no model config: name a preset, e.g. "
-                           "create_model('vit_base_patch16_224', weights=...)")
+        name = guess_preset(state)
+        if name is None:
+            raise WeightsError(f"{weights} holds no model config and its sizes match no preset: name one, e.g. "
+                               "create_model('vit_base_patch16_224', weights=...)")
     if name is not None:
         check_preset(name)
-    config = dict(info["config"] or {}, **(PRESETS[name] if name is not None else {}))
+    preset = dict(_defaults(), **PRESETS[name]) if name is not None else {}
+    config = dict(preset, **(info["config"] or {}))
+    conflicts = [f"{key} {preset[key]!r} (preset) vs {info['config'][key]!r} (file)"
+                 for key in ARCHITECTURE if preset and info["config"] and key in info["config"]
+                 and preset[key] != info["config"][key] and key not in overrides]
+    if conflicts:
+        raise WeightsError(f"{weights} holds another architecture than {name}: {'; '.join(conflicts)} "
+                           "(leave the preset out to use the file's)")
     config.pop("backend", None)
     file_classes = state["head.weight"].shape[0] if "head.weight" in state else None
     config["num_classes"] = file_classes or config.get("num_classes", 1000)
@@ -116,18 +128,60 @@ def create_pretrained(name, weights, **overrides):
     return model
 
 
+def _defaults():
+    """VisionTransformer's keyword defaults."""
+    import inspect
+
+    from ..model import VisionTransformer
+
+    return {name: p.default for name, p in inspect.signature(VisionTransformer).parameters.items()
+            if p.default is not inspect.Parameter.empty and name != "init"}
+
+
+def class_names(model):
+    """The names of the model's outputs: its weights' class names, ImageNet's for 1,000 classes, or
+    "class k"."""
+    from ..data.images import imagenet_classes
+
+    given = getattr(model, "pretrained_cfg", {}).get("classes")
+    if given and len(given) == model.num_classes:
+        return list(given)
+    if model.num_classes == 1000:
+        return imagenet_classes()
+    return [f"class {k}" for k in range(model.num_classes)]
+
+
+def new_head(model):
+    """A freshly initialized classifier (trunc_normal(0.02) weights, zero bias) for ``model``'s
+    classes, seeded by its seed; returns the Linear (host arrays)."""
+    from ..layers import Linear
+
+    return Linear(model.embed_dim, model.num_classes, rng=np.random.default_rng([model.config["seed"], 7]),
+                  dtype=model.dtype)
+
+
+def guess_preset(state):
+    """The preset whose width, depth and patch size the tensors have (the number of heads is not in
+    the weights: the presets' is the ViT paper's), or None."""
+    from ..presets import PRESETS
+
+    kernel = state.get("patch_embed.proj.weight")
+    if kernel is None or kernel.ndim != 4:
+        return None
+    depth = len({name.split(".")[1] for name in state if name.startswith("blocks.")})
+    for name, preset in PRESETS.items():
+        if (preset["embed_dim"], preset["depth"], preset["patch_size"]) == (kernel.shape[0], depth, kernel.shape[2]):
+            return name
+    return None
+
+
 def _adapt(model, state, keep_head, source):
     """The file's tensors made to fit ``model``: a new head, resampled position embeddings,
     patch kernels summed to one channel."""
     state = {name: np.asarray(value, dtype=model.dtype) for name, value in state.items()}
     if not keep_head:                                                # a fresh head, as VisionTransformer makes it
-        from ..layers import Linear
-
-        state.pop("head.weight", None)
-        state.pop("head.bias", None)
-        fresh = Linear(model.embed_dim, model.num_classes, rng=np.random.default_rng(model.config["seed"]),
-                       dtype=model.dtype)
-        state["head.weight"], state["head.bias"] = fresh.weight.data, fresh.bias.data
+        fresh = new_head(model)
+        state["head.weight"], state["head.bias"] = (np.asarray(fresh.weight.data), np.asarray(fresh.bias.data))
     if "pos_embed" in state and hasattr(model, "pos_embed") and state["pos_embed"].shape != model.pos_embed.shape:
         state["pos_embed"] = resample_pos_embed(state["pos_embed"], model.patch_embed.grid_size)
     kernel = state.get("patch_embed.proj.weight")

@@ -1,0 +1,150 @@
+"""Fine-tune pretrained ViT weights on your own classes: a new head, optionally a frozen backbone.
+
+    python demos/finetune.py --weights runs/mnist --data fashion-mnist --epochs 1
+    python demos/finetune.py --weights model.safetensors --data photos/ --img-size 224 --freeze-backbone
+    python demos/finetune.py --out runs/finetune --resume --epochs 5      # continue a run
+    python demos/finetune.py --weights runs/mnist --data fashion-mnist --from-scratch   # baseline
+
+--data: a folder with one subfolder per class (or train/ and val/, each with one subfolder per
+class), or mnist / fashion-mnist. --weights: timm's model.safetensors, an original JAX .npz, or a
+numpyvit checkpoint / run folder; the model is its architecture with a new, freshly initialized head
+for the data's classes (--keep-head keeps the old one when the counts agree), position embeddings
+resampled for --img-size, and the weights' mean and std for the images. --freeze-backbone trains the
+head alone (the backbone's weight gradients are not even computed). --from-scratch trains the same
+architecture from random weights, for comparison. Training is numpyvit.train.fit: checkpoints,
+history.json, curves.png in --out, exact --resume, Ctrl-C stops cleanly (exit 130).
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+import numpyvit
+import numpyvit.data
+from numpyvit import VisionTransformer
+from numpyvit.io import load_arrays
+from numpyvit.train import TrainConfig, TrainingError, TrainingInterrupted, fit
+from numpyvit.train.config import CLOTHES
+from numpyvit.train.progress import format_duration
+from numpyvit.weights.pretrained import new_head
+
+SETTINGS = "finetune.json"             # in --out: what --resume needs besides the checkpoint
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--weights", help="weights file or numpyvit run folder (not with --resume)")
+    p.add_argument("--model", help="preset name (default: from the weights file)")
+    p.add_argument("--data", help="image folder, or mnist / fashion-mnist")
+    p.add_argument("--data-dir", help="where the MNIST files are (default: $NUMPYVIT_DATA, then the cache)")
+    p.add_argument("--img-size", type=int, help="input size (default: the weights')")
+    p.add_argument("--freeze-backbone", action="store_true", help="train the head alone")
+    p.add_argument("--keep-head", action="store_true", help="keep the weights' head if the class counts agree")
+    p.add_argument("--from-scratch", action="store_true", help="random weights instead (a baseline)")
+    p.add_argument("--out", default="runs/finetune", help="output folder (default: runs/finetune)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, help="peak learning rate (default 5e-4; 2e-3 with --freeze-backbone)")
+    p.add_argument("--no-augment", dest="augment", action="store_false")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--backend", choices=["numpy", "cupy"], help="default: $NUMPYVIT_BACKEND, else numpy")
+    return p.parse_args(argv)
+
+
+def load_data(args, img_size, channels, mean, std):
+    """The Dataset for --data, at the model's image size and channels."""
+    if args.data in ("mnist", "fashion-mnist"):
+        ds = numpyvit.data.load_dataset(args.data, args.data_dir)
+        if (ds.train_images.shape[1:], channels) != (tuple(img_size), 1):
+            ds = numpyvit.data.resize_dataset(ds, img_size, channels)
+        return ds
+    return numpyvit.data.load_image_folder(args.data, img_size, channels, mean=mean, std=std, seed=args.seed)
+
+
+def augmentation(data, img_size):
+    if data == "mnist":
+        return {}                                                    # TrainConfig's defaults are MNIST's
+    if data == "fashion-mnist":
+        return CLOTHES
+    return dict(hflip=True, max_translate=max(1.0, img_size[1] / 16), max_rotate=0.0, scale=(0.9, 1.1))
+
+
+def build(args):
+    """(model, dataset, TrainConfig) for a new run."""
+    if not args.weights or not args.data:
+        raise ValueError("a new run needs --weights and --data (or --resume)")
+    overrides = {"img_size": args.img_size} if args.img_size else {}
+    pretrained = numpyvit.create_model(args.model, weights=args.weights, backend=args.backend, **overrides)
+    cfg = pretrained.pretrained_cfg
+    size, channels = pretrained.patch_embed.img_size, pretrained.patch_embed.in_chans
+    ds = load_data(args, size, channels, cfg["mean"], cfg["std"])
+    config = dict(pretrained.config, num_classes=len(ds.classes), seed=args.seed)
+    if args.from_scratch:
+        model = VisionTransformer(**config)
+    else:
+        keep = args.keep_head and pretrained.num_classes == len(ds.classes)
+        model = pretrained if keep else numpyvit.create_model(args.model, weights=args.weights, backend=args.backend,
+                                                              num_classes=len(ds.classes), seed=args.seed,
+                                                              **overrides)
+        if not keep and pretrained.num_classes == len(ds.classes):   # same count, other classes: new head too
+            head = new_head(model)
+            model.head.weight.data[...] = model.xp.asarray(head.weight.data)
+            model.head.bias.data[...] = model.xp.asarray(head.bias.data)
+    lr = args.lr or (2e-3 if args.freeze_backbone else 5e-4)
+    train = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=lr, warmup_epochs=min(1.0, args.epochs / 4),
+                        augment=args.augment, seed=args.seed, eval_batch_size=max(args.batch_size, 100),
+                        **augmentation(args.data, size))
+    return model, ds, train
+
+
+def resume(args):
+    """(model, dataset, TrainConfig) of the run saved in --out."""
+    saved = json.loads((Path(args.out) / SETTINGS).read_text())
+    _, meta = load_arrays(args.out)
+    model = VisionTransformer(**dict(meta["config"], backend=args.backend or meta["config"]["backend"]))
+    args.data, args.data_dir, args.freeze_backbone = saved["data"], args.data_dir or saved["data_dir"], saved["freeze"]
+    data_meta = meta["data"]
+    ds = load_data(args, model.patch_embed.img_size, model.patch_embed.in_chans, data_meta["mean"], data_meta["std"])
+    train = TrainConfig.from_dict(dict(meta["train"], epochs=args.epochs))
+    return model, ds, train
+
+
+def freeze_backbone(model):
+    """Only the head (and fc_norm, with average pooling) keep requires_grad."""
+    for name, param in model.named_parameters():
+        param.requires_grad = name.startswith(("head.", "fc_norm."))
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    out = Path(args.out)
+    try:
+        model, ds, train = resume(args) if args.resume else build(args)
+        if args.freeze_backbone:
+            freeze_backbone(model)
+        if not args.resume:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / SETTINGS).write_text(json.dumps(dict(weights=str(args.weights), data=args.data, data_dir=args.data_dir,
+                                                        freeze=args.freeze_backbone, from_scratch=args.from_scratch)))
+        trainable = sum(p.data.size for p in model.parameters() if p.requires_grad)
+        print(f"{ds.name}: {len(ds.train_labels)} training / {len(ds.test_labels)} test images, "
+              f"{len(ds.classes)} classes; {trainable:,} of {model.num_parameters():,} parameters trained"
+              + (" (from scratch)" if args.from_scratch else f" (from {args.weights})" if not args.resume else ""))
+        history = fit(model, ds, train, out, resume=args.resume)
+    except TrainingInterrupted as stop:
+        print(stop, file=sys.stderr)
+        return 130
+    except (TrainingError, ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    last = history["epochs"][-1]
+    print(f"test accuracy {100 * last['test_acc']:.2f}% after {last['epoch']} epochs, "
+          f"{format_duration(last['time'])} of training; checkpoint in {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
