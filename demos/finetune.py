@@ -23,6 +23,7 @@ import numpy as np
 
 import numpyvit
 import numpyvit.data
+import numpyvit.distributed
 from numpyvit import VisionTransformer
 from numpyvit.io import load_arrays
 from numpyvit.train import TrainConfig, TrainingError, TrainingInterrupted, fit
@@ -121,16 +122,18 @@ def freeze_backbone(model):
 def main(argv=None):
     args = parse_args(argv)
     out = Path(args.out)
+    root = numpyvit.distributed.world().is_root                     # under mpiexec: rank 0 speaks and writes
+    say = print if root else (lambda *a, **k: None)
     try:
         model, ds, train = resume(args) if args.resume else build(args)
         if args.freeze_backbone:
             freeze_backbone(model)
-        if not args.resume:
+        if not args.resume and root:
             out.mkdir(parents=True, exist_ok=True)
             (out / SETTINGS).write_text(json.dumps(dict(weights=str(args.weights), data=args.data, data_dir=args.data_dir,
                                                         freeze=args.freeze_backbone, from_scratch=args.from_scratch)))
         trainable = sum(p.data.size for p in model.parameters() if p.requires_grad)
-        print(f"{ds.name}: {len(ds.train_labels)} training / {len(ds.test_labels)} test images, "
+        say(f"{ds.name}: {len(ds.train_labels)} training / {len(ds.test_labels)} test images, "
               f"{len(ds.classes)} classes; {trainable:,} of {model.num_parameters():,} parameters trained"
               + (" (from scratch)" if args.from_scratch else f" (from {args.weights})" if not args.resume else ""))
         history = fit(model, ds, train, out, resume=args.resume)
@@ -141,7 +144,7 @@ def main(argv=None):
         print(f"error: {err}", file=sys.stderr)
         return 1
     last = history["epochs"][-1]
-    print(f"test accuracy {100 * last['test_acc']:.2f}% after {last['epoch']} epochs, "
+    say(f"test accuracy {100 * last['test_acc']:.2f}% after {last['epoch']} epochs, "
           f"{format_duration(last['time'])} of training; checkpoint in {out}")
     return 0
 

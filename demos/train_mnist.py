@@ -4,6 +4,7 @@
     python demos/train_mnist.py --recipe gpu             # mnist_large on CuPy
     python demos/train_mnist.py --depth 4 --epochs 3     # flags override the recipe
     python demos/train_mnist.py --resume                 # continue the run in --out after Ctrl-C
+    mpiexec -n 2 python demos/train_mnist.py             # data-parallel over 2 processes (pip install -e ".[dist]")
 
 Run from the repository root with PYTHONPATH=. (or after `pip install -e .`). Writes
 checkpoint.npz, history.json and curves.png into --out (default runs/<dataset>). Exit codes:
@@ -15,6 +16,7 @@ import sys
 from pathlib import Path
 
 import numpyvit.data
+import numpyvit.distributed
 from numpyvit import PRESETS, VisionTransformer, create_model
 from numpyvit.backend import backend_name
 from numpyvit.io import CHECKPOINT_NAME, load_arrays
@@ -94,6 +96,8 @@ def plan(args):
 
 def main(argv=None):
     args = parse_args(argv)
+    world = numpyvit.distributed.world()
+    say = print if world.is_root else (lambda *a, **k: None)        # under mpiexec: rank 0 speaks
     try:
         preset, model_kw, config, dataset_name, out = plan(args)
         dataset = numpyvit.data.load_dataset(dataset_name, args.data_dir)
@@ -104,10 +108,10 @@ def main(argv=None):
             model = create_model(preset, **model_kw, img_size=H if H == W else (H, W), in_chans=1,
                                  num_classes=len(dataset.classes))
         n_train = min(len(dataset.train_labels), config.limit_train or len(dataset.train_labels))
-        print(f"{dataset_name}: {n_train} training / {len(dataset.test_labels)} test images; "
+        say(f"{dataset_name}: {n_train} training / {len(dataset.test_labels)} test images; "
               f"backend {model.config['backend']}; {model.num_parameters():,} parameters")
-        print("model:", json.dumps(model.config))
-        print("train:", json.dumps(config.to_dict()), flush=True)
+        say("model:", json.dumps(model.config))
+        say("train:", json.dumps(config.to_dict()), flush=True)
         history = fit(model, dataset, config, out, resume=args.resume)
     except TrainingInterrupted as stop:
         print(stop, file=sys.stderr)
@@ -117,9 +121,9 @@ def main(argv=None):
         return 1
     last = history["epochs"][-1]
     curves = out / CURVES_NAME
-    print(f"test accuracy {100 * last['test_acc']:.2f}% after {last['epoch']} epochs, "
+    say(f"test accuracy {100 * last['test_acc']:.2f}% after {last['epoch']} epochs, "
           f"{format_duration(last['time'])} of training")
-    print(f"checkpoint {out / CHECKPOINT_NAME}, history {out / HISTORY_NAME}"
+    say(f"checkpoint {out / CHECKPOINT_NAME}, history {out / HISTORY_NAME}"
           + (f", curves {curves}" if curves.exists() else ""))
     return 0
 

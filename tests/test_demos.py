@@ -151,6 +151,13 @@ def test_predict_reads_rgb_wrong_size_light_background(trained, tmp_path, capsys
     assert 0 < float(line.split("probability ")[1].split(")")[0]) <= 1
 
 
+def test_benchmark_distributed_times_compute_and_all_reduce_in_one_process(capsys):
+    demo("benchmark_distributed").main(["--config", "a", "--batch", "8", "--repeats", "1"])
+    out = capsys.readouterr().out
+    assert "1 rank(s)" in out and "all-reduce" in out and "MB of gradients per step" in out
+    assert len([line for line in out.splitlines() if line.strip()[:2].strip().isdigit()]) == 6    # 1..32 machines
+
+
 BACKEND_PAIRS = [("numpy", "numpy"), ("numpy", "cupy"), ("cupy", "numpy"), ("cupy", "cupy")]
 
 

@@ -13,7 +13,9 @@ temporary file renamed over the old one, so a crash mid-write leaves the previou
                              epoch's running loss/correct/images/seconds
             elapsed          seconds of training so far; history: the per-epoch records
             rng              the data generator's state (order + augmentation) and, on NumPy,
-                             every dropout layer's generator state
+                             every dropout layer's generator state; in a run of several ranks
+                             (numpyvit.distributed) "ranks" holds each rank's dropout and
+                             augmentation generators, and world_size the number of ranks
 """
 from dataclasses import dataclass, field
 
@@ -42,6 +44,7 @@ class TrainState:
     partial: dict | None = None      # that epoch's running sums: loss_sum, correct, seen, seconds
     elapsed: float = 0.0             # seconds of training, summed over sessions
     history: list = field(default_factory=list)
+    augment_rng: np.random.Generator | None = None   # this rank's augmentation (None: data_rng's)
 
 
 def derived_seed(*parts):
@@ -53,21 +56,31 @@ def _stochastic(model):
     return [m for m in model.modules() if hasattr(m, "rng")]
 
 
-def save_checkpoint(path, model, optimizer, state, run_meta):
-    """Write the full training state to ``path``; ``run_meta`` holds config/train/dataset."""
+def rank_generators(model, state):
+    """This rank's own generator states: dropout (NumPy only) and augmentation (several ranks)."""
+    dropout = [m.rng.bit_generator.state for m in _stochastic(model)] if model.xp is np else None
+    augment = state.augment_rng.bit_generator.state if state.augment_rng is not None else None
+    return dict(dropout=dropout, augment=augment)
+
+
+def save_checkpoint(path, model, optimizer, state, run_meta, ranks=None):
+    """Write the full training state to ``path``; ``run_meta`` holds config/train/dataset; ``ranks``
+    is every rank's ``rank_generators`` in a run of several ranks (default: this process's)."""
+    ranks = ranks or [rank_generators(model, state)]
     arrays = {f"model.{name}": value for name, value in model.state_dict().items()}
     arrays.update({f"optim.{name}": value for name, value in optimizer.state_dict().items()})
     if state.order is not None:
         arrays["train.order"] = state.order
-    dropout = [m.rng.bit_generator.state for m in _stochastic(model)] if model.xp is np else None
     save_arrays(path, arrays, dict(
         run_meta, epoch=state.epoch, step=state.step, epoch_step=state.epoch_step, partial=state.partial,
-        elapsed=state.elapsed, history=state.history,
-        rng={"data": state.data_rng.bit_generator.state, "dropout": dropout}))
+        elapsed=state.elapsed, history=state.history, world_size=len(ranks),
+        rng={"data": state.data_rng.bit_generator.state, "dropout": ranks[0]["dropout"],
+             "ranks": ranks if len(ranks) > 1 else None}))
 
 
-def load_checkpoint(path, model, optimizer, run_meta):
-    """Load a checkpoint written by ``save_checkpoint`` into ``model`` and ``optimizer``.
+def load_checkpoint(path, model, optimizer, run_meta, rank=0, world_size=1):
+    """Load a checkpoint written by ``save_checkpoint`` into ``model`` and ``optimizer`` (for rank
+    ``rank`` of ``world_size``: the number of ranks must be the checkpoint's).
 
     Returns (TrainState, notes): notes list the training settings that differ from the
     checkpoint's (allowed, but the run is then no longer the one that was interrupted).
@@ -82,6 +95,9 @@ def load_checkpoint(path, model, optimizer, run_meta):
     if meta["epoch_step"] and "train.order" not in arrays:
         raise CheckpointError(f"{path} stops mid-epoch but lacks that epoch's sample order (train.order)")
     _check_same_run(path, meta, run_meta)
+    if meta.get("world_size", 1) != world_size:
+        raise CheckpointError(f"{path} was written by a run of {meta.get('world_size', 1)} rank(s); resume it with "
+                              f"the same number (mpiexec -n {meta.get('world_size', 1)}), not {world_size}")
     try:
         model.load_state_dict(prefixed(arrays, "model"))
         optimizer.load_state_dict(prefixed(arrays, "optim"))
@@ -90,7 +106,12 @@ def load_checkpoint(path, model, optimizer, run_meta):
 
     data_rng = np.random.default_rng()
     data_rng.bit_generator.state = meta["rng"]["data"]
-    stochastic, dropout = _stochastic(model), meta["rng"]["dropout"]
+    mine = meta["rng"]["ranks"][rank] if world_size > 1 else dict(dropout=meta["rng"]["dropout"], augment=None)
+    augment_rng = None
+    if mine["augment"] is not None:
+        augment_rng = np.random.default_rng()
+        augment_rng.bit_generator.state = mine["augment"]
+    stochastic, dropout = _stochastic(model), mine["dropout"]
     notes = [f"{key}: {meta['train'][key]!r} in the checkpoint, now {value!r}"
              for key, value in run_meta["train"].items() if meta["train"].get(key) != value]
     if meta["epoch_step"]:
@@ -103,7 +124,7 @@ def load_checkpoint(path, model, optimizer, run_meta):
                          "(CuPy generator states are not saved)")
     state = TrainState(data_rng=data_rng, epoch=meta["epoch"], step=meta["step"], epoch_step=meta["epoch_step"],
                        order=arrays.get("train.order"), partial=meta["partial"], elapsed=meta["elapsed"],
-                       history=meta["history"])
+                       history=meta["history"], augment_rng=augment_rng)
     return state, notes
 
 

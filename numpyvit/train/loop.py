@@ -18,6 +18,12 @@ exact from an epoch-end checkpoint up to the GPU's arithmetic; from a mid-epoch 
 the rest of that epoch gets new dropout masks (CuPy generator states cannot be saved).
 
 How a run stops early (Ctrl-C, a non-finite loss) and what it leaves: see ``stops.py``.
+
+Under ``mpiexec -n N`` (numpyvit.distributed) every rank takes its B / N images of each global
+batch (the same order on every rank), the gradients are averaged before clipping and AdamW, losses
+and counts are summed over the ranks, the test set is split between them, and rank 0 alone
+prints and writes files. Augmentation and dropout draw from generators of each rank's own, all
+checkpointed, so a resume with the same number of ranks continues exactly.
 """
 import json
 import math
@@ -27,11 +33,12 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import distributed
 from ..data import RandomAffine, iterate_batches
 from ..io import CHECKPOINT_NAME
 from ..losses import CrossEntropyLoss
 from ..optim import AdamW, clip_grad_norm, warmup_cosine
-from .checkpoint import TrainState, derived_seed, load_checkpoint, save_checkpoint
+from .checkpoint import TrainState, derived_seed, load_checkpoint, rank_generators, save_checkpoint
 from .config import TrainConfig
 from .history import CURVES_NAME, HISTORY_NAME, write_history
 from .metrics import evaluate
@@ -42,18 +49,23 @@ from .stops import CtrlC, NonFiniteLossError, TrainingError, TrainingInterrupted
 _STDERR = object()  # log's default: sys.stderr as it is at call time (tests and tools swap it)
 
 
-def fit(model, dataset, config, out_dir, *, resume=False, log=_STDERR):
+def fit(model, dataset, config, out_dir, *, resume=False, log=_STDERR, world=None):
     """Train ``model`` on ``dataset`` (a ``numpyvit.data.Dataset``) with ``config`` (a TrainConfig;
     None: the defaults), writing checkpoint.npz, history.json and curves.png into ``out_dir``.
 
     ``resume=True`` continues the run saved in ``out_dir`` (the model must have the checkpoint's
     architecture); without it, an existing checkpoint there is an error rather than overwritten.
     Progress goes to ``log``, a text stream (default sys.stderr; None: silent).
-    Returns the history, {"config": ..., "epochs": [...]} as in history.json.
+    ``world``: the ranks training together (default numpyvit.distributed.world(): several under
+    mpiexec, else one). Returns the history, {"config": ..., "epochs": [...]} as in history.json.
     Raises NonFiniteLossError, TrainingInterrupted (Ctrl-C), TrainingError, CheckpointError.
     """
-    config = config or TrainConfig()
-    out_dir = Path(out_dir)
+    world = world or distributed.world()
+    with distributed.fail_together(world):
+        return _fit(model, dataset, config or TrainConfig(), Path(out_dir), resume, log, world)
+
+
+def _fit(model, dataset, config, out_dir, resume, log, world):
     path = out_dir / CHECKPOINT_NAME
     train_images = dataset.train_images[:config.limit_train]               # all of them if None
     train_labels = dataset.train_labels[:config.limit_train]
@@ -61,14 +73,18 @@ def fit(model, dataset, config, out_dir, *, resume=False, log=_STDERR):
     steps_per_epoch = n // B
     if steps_per_epoch == 0:
         raise ValueError(f"batch_size {B} is larger than the training set ({n} images)")
+    if B % world.size:
+        raise ValueError(f"batch_size {B} does not split into {world.size} equal shards, one per rank: "
+                         f"use a multiple of {world.size}")
     run_meta = json.loads(json.dumps(dict(        # JSON round trip: compares equal to a loaded one
         config=model.config, train=config.to_dict(), dataset=dataset.name,
         data=dict(train_size=n, test_size=len(dataset.test_labels), mean=dataset.mean, std=dataset.std,
                   classes=list(dataset.classes)))))
+    distributed.check_same(world, "model, data or training settings", run_meta)
     optimizer = AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    progress = Progress(sys.stderr if log is _STDERR else log, config.epochs)
+    progress = Progress((sys.stderr if log is _STDERR else log) if world.is_root else None, config.epochs)
     if resume:
-        state, notes = load_checkpoint(path, model, optimizer, run_meta)
+        state, notes = load_checkpoint(path, model, optimizer, run_meta, world.rank, world.size)
         where = f"epoch {state.epoch}" + (f", step {state.epoch_step}/{steps_per_epoch} of epoch "
                                           f"{state.epoch + 1}" if state.epoch_step else "")
         progress.note(f"resuming {path} after {where}" + "".join(f"\n  changed: {note}" for note in notes))
@@ -77,25 +93,28 @@ def fit(model, dataset, config, out_dir, *, resume=False, log=_STDERR):
                             "or train into another folder")
     else:
         out_dir.mkdir(parents=True, exist_ok=True)
-        state = TrainState(data_rng=np.random.default_rng([config.seed, 1]))
+        distributed.broadcast_parameters(world, model)                  # every rank starts from rank 0's weights
+        state = TrainState(data_rng=np.random.default_rng([config.seed, 1]),
+                           augment_rng=np.random.default_rng([config.seed, 4, world.rank]) if world.size > 1 else None)
 
-    loop = _Loop(model, dataset, config, train_images, train_labels, optimizer, run_meta, path, progress)
+    loop = _Loop(model, dataset, config, train_images, train_labels, optimizer, run_meta, path, progress, world)
     history = dict(config=dict(model=run_meta["config"], train=run_meta["train"], dataset=run_meta["dataset"],
                                data=run_meta["data"]), epochs=state.history)
     try:
         with CtrlC() as ctrl_c, np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             while state.epoch < config.epochs:
-                if ctrl_c.requested:                     # pressed during an evaluation or a save
+                if world.any(ctrl_c.requested):          # pressed during an evaluation or a save
                     raise TrainingInterrupted(resume_hint(path, state), path)
                 loop.epoch(state, ctrl_c)
-                write_history(out_dir / HISTORY_NAME, history)
+                if world.is_root:
+                    write_history(out_dir / HISTORY_NAME, history)
                 progress.epoch(state.history[-1], loop.eta(state))
     except KeyboardInterrupt as err:
         if isinstance(err, TrainingInterrupted):
             raise
         raise TrainingInterrupted(resume_hint(path, None), path if path.exists() else None) from None
     finally:
-        if state.history:
+        if state.history and world.is_root:
             _plot_curves(history, out_dir / CURVES_NAME, progress)
     return history
 
@@ -120,10 +139,10 @@ def _plot_curves(history, path, progress):
 class _Loop:
     """The per-epoch work of ``fit``, with the run's fixed pieces (model, data, optimizer, ...)."""
 
-    def __init__(self, model, dataset, config, images, labels, optimizer, run_meta, path, progress):
+    def __init__(self, model, dataset, config, images, labels, optimizer, run_meta, path, progress, world):
         self.model, self.dataset, self.config = model, dataset, config
         self.images, self.labels, self.optimizer = images, labels, optimizer
-        self.run_meta, self.path, self.progress = run_meta, path, progress
+        self.run_meta, self.path, self.progress, self.world = run_meta, path, progress, world
         self.steps_per_epoch = len(images) // config.batch_size
         self.total_steps = config.epochs * self.steps_per_epoch
         self.warmup_steps = round(config.warmup_epochs * self.steps_per_epoch)
@@ -144,18 +163,21 @@ class _Loop:
     def epoch(self, state, ctrl_c):
         """Train one epoch (or the rest of one), evaluate, checkpoint; checkpoint and raise
         TrainingInterrupted instead when Ctrl-C stops it midway."""
-        model, config, xp, B = self.model, self.config, self.model.xp, self.config.batch_size
+        model, config, xp, B, world = self.model, self.config, self.model.xp, self.config.batch_size, self.world
         epoch, epoch_start, elapsed_at_start = state.epoch + 1, time.perf_counter(), state.elapsed
         if state.epoch_step == 0:
-            model.seed(derived_seed(config.seed, 2, epoch))                 # this epoch's dropout masks
+            model.seed(derived_seed(config.seed, 2, epoch, *([world.rank] if world.size > 1 else [])))  # dropout
             state.order = state.data_rng.permutation(len(self.images))   # (N,) this epoch's order
             state.partial = dict(loss_sum=0.0, correct=0, seen=0, seconds=0.0)
-        start = state.epoch_step * B
+        start, b = state.epoch_step * B, B // world.size                 # b: this rank's share of a batch
         order = state.order[start:self.steps_per_epoch * B]             # the batches still to do
-        batches = iterate_batches(self.images[order], self.labels[order], B, shuffle=False,
-                                  rng=state.data_rng, augment=self.augment, mean=self.dataset.mean,
-                                  std=self.dataset.std, xp=xp)
-        loss_sum, correct = xp.asarray(state.partial["loss_sum"]), xp.asarray(state.partial["correct"])
+        order = order.reshape(-1, B)[:, world.rank * b:(world.rank + 1) * b].reshape(-1)   # this rank's shards
+        batches = iterate_batches(self.images[order], self.labels[order], b, shuffle=False,
+                                  rng=state.data_rng if state.augment_rng is None else state.augment_rng, augment=self.augment,
+                                  mean=self.dataset.mean, std=self.dataset.std, xp=xp)
+        carried = world.is_root                                          # rank 0 carries the sums so far
+        loss_sum = xp.asarray(state.partial["loss_sum"] if carried else 0.0)
+        correct = xp.asarray(state.partial["correct"] if carried else 0)
         seen, t0 = state.partial["seen"], time.perf_counter()
         model.train()
         for x, y in batches:
@@ -165,22 +187,25 @@ class _Loop:
             loss = self.criterion.forward(logits, y)
             self.optimizer.zero_grad()
             model.backward(self.criterion.backward())
+            distributed.average_gradients(world, self.optimizer)        # the whole global batch's gradient
             if config.clip_norm is not None:
                 clip_grad_norm(self.optimizer, config.clip_norm)
             self.optimizer.step()
-            loss_sum += loss * B                                         # device sums: no sync
+            loss_sum += loss * b                                         # device sums: no sync
             correct += (logits.argmax(axis=1) == y).sum()
             seen, state.step, state.epoch_step, self.session_steps = (seen + B, state.step + 1,
                                                                       state.epoch_step + 1, self.session_steps + 1)
             if state.epoch_step % config.log_every == 0:
-                train_loss = self._finite(float(loss_sum) / seen, "training", state)
-                self.progress.step(epoch, state.epoch_step, self.steps_per_epoch, train_loss, int(correct) / seen,
+                total_loss, total_correct = world.sum([float(loss_sum), int(correct)])
+                train_loss = self._finite(total_loss / seen, "training", state)
+                self.progress.step(epoch, state.epoch_step, self.steps_per_epoch, train_loss, total_correct / seen,
                                    (seen - state.partial["seen"]) / (time.perf_counter() - t0), self.optimizer.lr,
                                    self.eta(state))
-            if ctrl_c.requested:
+            if world.any(ctrl_c.requested):
                 break
         seconds = state.partial["seconds"] + time.perf_counter() - t0
-        state.partial = dict(loss_sum=float(loss_sum), correct=int(correct), seen=seen, seconds=seconds)
+        total_loss, total_correct = world.sum([float(loss_sum), int(correct)])
+        state.partial = dict(loss_sum=total_loss, correct=int(total_correct), seen=seen, seconds=seconds)
         train_loss = self._finite(state.partial["loss_sum"] / seen, "training", state)
         if state.epoch_step < self.steps_per_epoch:                      # Ctrl-C mid-epoch
             state.elapsed = elapsed_at_start + time.perf_counter() - epoch_start
@@ -189,7 +214,7 @@ class _Loop:
 
         result = evaluate(model, self.dataset.test_images, self.dataset.test_labels, mean=self.dataset.mean,
                           std=self.dataset.std, batch_size=config.eval_batch_size,
-                          label_smoothing=config.label_smoothing)
+                          label_smoothing=config.label_smoothing, world=world)
         self._finite(result.loss, "test", state)
         state.elapsed = elapsed_at_start + time.perf_counter() - epoch_start
         state.history.append(dict(
@@ -209,8 +234,12 @@ class _Loop:
         return loss
 
     def _save(self, state):
+        """Rank 0 writes the checkpoint, with every rank's generators (gathered from all ranks)."""
+        ranks = self.world.gather(rank_generators(self.model, state))
+        if not self.world.is_root:
+            return
         try:
-            save_checkpoint(self.path, self.model, self.optimizer, state, self.run_meta)
+            save_checkpoint(self.path, self.model, self.optimizer, state, self.run_meta, ranks)
         except OSError as err:
             raise TrainingError(f"could not write {self.path} ({type(err).__name__}: {err}); the previous "
                                 "checkpoint, if any, is intact") from err
