@@ -205,9 +205,9 @@ def test_read_image(tmp_path):
     image, inverted = viz.read_image(tmp_path / "bar.png", (28, 28))
     assert inverted and image.shape == (28, 28) and image.dtype == np.uint8
     assert image[14, 14] > 200 and image[0, 0] < 10                       # light bar on dark now
-    (tmp_path / "notes.gif").write_bytes(b"GIF89a")
+    (tmp_path / "notes.txt").write_text("not an image")
     with pytest.raises(ValueError, match="unsupported image type"):
-        viz.read_image(tmp_path / "notes.gif", (28, 28))
+        viz.read_image(tmp_path / "notes.txt", (28, 28))
     (tmp_path / "broken.png").write_bytes(b"not a png")
     with pytest.raises(ValueError, match="could not be read"):
         viz.read_image(tmp_path / "broken.png", (28, 28))
@@ -273,7 +273,7 @@ def test_demo_with_image_files_npz_path_and_out(run, tmp_path, capsys):
 
 
 def test_demo_refuses_a_bad_image(run, tmp_path):
-    with pytest.raises(SystemExit, match="x.bmp: .*unsupported image type '.bmp'"):
-        load_demo().main(["--checkpoint", str(run.path), "--image", str(tmp_path / "x.bmp")])
+    with pytest.raises(SystemExit, match="x.svg: .*unsupported image type '.svg'"):
+        load_demo().main(["--checkpoint", str(run.path), "--image", str(tmp_path / "x.svg")])
     with pytest.raises(SystemExit, match="no image file"):
         load_demo().main(["--checkpoint", str(run.path), "--image", str(tmp_path / "missing.png")])

@@ -14,16 +14,15 @@ import numpy as np
 try:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-    from matplotlib.image import imread
 except ImportError as err:
     raise ImportError("numpyvit.viz.plots needs matplotlib: pip install matplotlib "
                       "(or pip install numpyvit[plot])") from err
 
-from .analysis import resize, to_grayscale, upsample
+from ..data.images import load_image
+from .analysis import resize, upsample
 
 DPI = 100
 HEAT = "inferno"
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 def _figure(width, height):
@@ -88,34 +87,31 @@ def plot_attention_heads(image, cls_maps, path, title="[CLS] attention per layer
 
 
 def plot_attention_rollout(images, rollout_maps, path, titles=None):
-    """Attention rollout rollout_maps (B, Gh, Gw) of images (B, H, W): per image a row with the
-    input, the rollout heat map, and its colour scale."""
-    B = len(images)
-    fig = _figure(5.6, 2.5 * B + 0.5)
-    axes = fig.subplots(B, 2, squeeze=False)
-    for b in range(B):
-        _show_image(axes[b, 0], images[b])
-        axes[b, 0].set_title(titles[b] if titles else "input", fontsize=9)
-        im = _overlay(axes[b, 1], images[b], rollout_maps[b], float(rollout_maps[b].max()))
-        axes[b, 1].set_title("rollout: patch -> [CLS]", fontsize=9)
-        fig.colorbar(im, ax=axes[b, 1], label="rollout weight")
-    fig.suptitle("Attention rollout (Abnar & Zuidema 2020)")
-    return _save(fig, path)
+    """Attention rollout rollout_maps (B, Gh, Gw) of images (B, H, W[, 3]): per image a row with
+    the input, the rollout heat map, and its colour scale."""
+    return _plot_maps(images, rollout_maps, path, titles, [float(m.max()) for m in rollout_maps],
+                      "rollout: patch -> [CLS]", "rollout weight", "Attention rollout (Abnar & Zuidema 2020)")
 
 
 def plot_saliency(images, maps, path, titles=None):
     """Gradient saliency maps (B, H, W) of images (B, H, W[, 3]): per image the input and the map
-    over it (numpyvit.viz.saliency)."""
+    over it (numpyvit.viz.saliency), its colour scale ending at the 99.5th percentile."""
+    return _plot_maps(images, maps, path, titles, [float(np.percentile(m, 99.5)) or 1.0 for m in maps],
+                      "|d logit / d pixel|", "saliency", "Gradient saliency of the predicted class (Simonyan et al. 2014)")
+
+
+def _plot_maps(images, maps, path, titles, vmaxes, map_title, bar_label, title):
+    """Per image a row: the input, then ``maps[b]`` (a patch grid or pixels) over it, with a colorbar."""
     B = len(images)
     fig = _figure(5.6, 2.5 * B + 0.5)
     axes = fig.subplots(B, 2, squeeze=False)
     for b in range(B):
         _show_image(axes[b, 0], images[b])
         axes[b, 0].set_title(titles[b] if titles else "input", fontsize=9)
-        im = _overlay(axes[b, 1], images[b], maps[b], float(np.percentile(maps[b], 99.5)) or 1.0)
-        axes[b, 1].set_title("|d logit / d pixel|", fontsize=9)
-        fig.colorbar(im, ax=axes[b, 1], label="saliency")
-    fig.suptitle("Gradient saliency of the predicted class (Simonyan et al. 2014)")
+        im = _overlay(axes[b, 1], images[b], maps[b], vmaxes[b])
+        axes[b, 1].set_title(map_title, fontsize=9)
+        fig.colorbar(im, ax=axes[b, 1], label=bar_label)
+    fig.suptitle(title)
     return _save(fig, path)
 
 
@@ -260,19 +256,11 @@ def plot_mistakes(images, y_true, y_pred, classes, path, confidence=None, title=
 
 
 def read_image(path, size):
-    """A PNG/JPG file as a (h, w) = size uint8 gray image: colour -> gray (luma), then area
-    resized (aspect ratio not kept). MNIST and Fashion-MNIST show light shapes on black, so an
-    image whose border is mostly light (dark ink on paper) is inverted. Returns (image, inverted)."""
-    path = Path(path)
-    if path.suffix.lower() not in IMAGE_SUFFIXES:
-        raise ValueError(f"{path}: unsupported image type {path.suffix!r}; use one of {', '.join(IMAGE_SUFFIXES)}")
-    if not path.is_file():
-        raise FileNotFoundError(f"no image file at {path}")
-    try:
-        raw = imread(path)
-    except (OSError, ValueError, SyntaxError) as err:
-        raise ValueError(f"{path} could not be read as an image ({err})") from err
-    gray = resize(to_grayscale(raw), size)                            # (h, w) in 0..1
+    """An image file as a (h, w) = size uint8 gray image: decoded by Pillow into gray (luma),
+    then area resized (aspect ratio not kept). MNIST and Fashion-MNIST show light shapes on black,
+    so an image whose border is mostly light (dark ink on paper) is inverted. Returns (image,
+    inverted)."""
+    gray = resize(np.asarray(load_image(path, channels=1), np.float64) / 255.0, size)   # (h, w) in 0..1
     border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
     inverted = bool(border.mean() > 0.5)
     if inverted:
