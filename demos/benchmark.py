@@ -69,7 +69,11 @@ def numpyvit_step(model, x, y, training):
     x, y = xp.asarray(x), xp.asarray(y)
     if not training:
         model.eval()
-        return lambda: model(x)
+
+        def infer():
+            with numpyvit.no_grad():                                 # as torch.inference_mode: nothing cached
+                return model(x)
+        return infer
     opt = numpyvit.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
     loss = numpyvit.CrossEntropyLoss()
 
@@ -251,13 +255,11 @@ def check_same_function(model, reference, x, device):
     """Max |logit difference| between numpyvit and the PyTorch reference on the same input."""
     import torch
 
-    model.eval()
     reference.eval()
     with torch.inference_mode():
         theirs = reference(torch.from_numpy(x[:4]).to(device)).cpu().numpy()
-    diff = float(np.abs(to_numpy(model(x[:4])) - theirs).max())
-    model.train()
-    return diff
+    with model.inference():
+        return float(np.abs(to_numpy(model(x[:4])) - theirs).max())
 
 
 def run_config(key, args, ceiling, have_torch):
@@ -271,8 +273,6 @@ def run_config(key, args, ceiling, have_torch):
         device = "cuda" if args.backend == "cupy" else "cpu"
         steps["torch"], reference = torch_step(model, x, y, training, device)
         diff = check_same_function(model, reference, x, device)
-        if not training:
-            model.eval()
     times = time_alternately(steps, args.warmup, args.repeats, synchronizer(args.backend))
     row = dict(config=key, description=description, batch=batch, training=training,
                numpyvit_img_s=batch / times["numpyvit"], gflops=flops / times["numpyvit"] / 1e9,

@@ -10,10 +10,11 @@ machine, and remembered:
    below which a product or an elementwise pass runs in one piece (where splitting stops paying).
 2. The way each workload uses the cores (``choose_strategy``): for a model architecture, batch size,
    training or inference and thread count, the first forward of that kind times one forward pass of
-   each way of numpyvit.parallel (processes, threads, split, blas) on the model itself in eval mode
-   under no_grad, which changes nothing about the model (it caches nothing and draws no random
-   numbers), and keeps the fastest (worker processes only if 5% faster than threads, since they
-   cost memory). Batch sizes are rounded to a power of two for this.
+   each way of numpyvit.parallel (processes, threads, split, blas) on the model itself, in eval mode
+   (no dropout, so no random numbers are drawn): a forward under no_grad for inference, a forward
+   and a backward for training (the gradients are restored afterwards), and keeps the fastest
+   (worker processes only if 10% faster than threads, since they cost memory). Batch sizes are
+   rounded to a power of two for this.
 
 Both are kept in ``<cache>/tuning.json`` (cache: $NUMPYVIT_CACHE_DIR, else $XDG_CACHE_HOME/numpyvit,
 else ~/.cache/numpyvit) under a fingerprint of the machine: CPU model, usable cores, NumPy and BLAS
@@ -42,8 +43,8 @@ from .workers import SUPPORTED as PROCESSES_SUPPORTED
 STRATEGIES = ("processes", "threads", "split", "blas")
 SHARDED = ("processes", "threads")
 CACHE_NAME = "tuning.json"
-PROCESS_MARGIN = 1.05    # worker processes are chosen only when this much faster than threads: each
-                         # holds an interpreter and its shard's activations of its own
+PROCESS_MARGIN = 1.10    # worker processes are chosen only when this much faster than threads: each
+                         # holds an interpreter, and the weights are copied to them every step
 _forced = threading.local()
 _state = dict(settings_applied=False, fingerprint=None)
 _decisions = {}                        # workload key -> strategy, for this process
@@ -259,28 +260,58 @@ def choose_strategy(model, batch):
     if key not in _decisions:
         entry = machine_entry().get("workloads", {}).get(key)
         if entry is None or entry.get("strategy") not in ways:
-            entry = measure(model, batch, ways)
+            entry = measure(model, batch, ways, model.training and grad_enabled())
             _update_cache(lambda cache_entry: cache_entry["workloads"].update({key: entry}))
         _decisions[key] = entry["strategy"]
     return _decisions[key]
 
 
-def measure(model, batch, ways):
-    """Time one eval-mode forward of ``model`` per way on a random batch; the fastest wins.
-    Returns {"strategy": fastest, "ms": {way: milliseconds}}."""
+def measure(model, batch, ways, training):
+    """Time each way on ``model`` itself with a random batch: a forward, and for a ``training``
+    workload a forward and a backward; the fastest wins. Returns {"strategy": fastest,
+    "ms": {way: milliseconds}}."""
     C, (H, W) = model.patch_embed.in_chans, model.patch_embed.img_size
     x = np.random.default_rng(0).standard_normal((batch, C, H, W)).astype(model.dtype)
+    dlogits = np.full((batch, model.num_classes), 1.0 / batch, dtype=model.dtype)
+
+    def step():
+        model.forward(x)
+        if training:
+            model.backward(dlogits)
+
     times = {}
-    with model.inference():
+    with _unchanged(model, training):
         for way in ways:
             with forced(way):
-                warm_up = _best_time(lambda: model.forward(x), 1, warm_up=False)   # starts worker processes
-                times[way] = _best_time(lambda: model.forward(x), 2 if warm_up < 1.0 else 1, warm_up=False)
+                warm_up = _best_time(step, 1, warm_up=False)         # starts worker processes
+                times[way] = _best_time(step, 2 if warm_up < 1.0 else 1, warm_up=False)
     best = min(times, key=times.get)
     if best == "processes" and times.get("threads", float("inf")) < PROCESS_MARGIN * times[best]:
         best = "threads"                                             # close: threads cost no extra memory
     model.release_shards(keep=best)
     return dict(strategy=best, ms={way: round(t * 1e3, 2) for way, t in times.items()})
+
+
+@contextlib.contextmanager
+def _unchanged(model, training):
+    """Eval mode (no dropout: no random draws) and, for timing forwards alone, no_grad (nothing
+    cached); for training timings the gradients are put back as they were afterwards."""
+    if not training:
+        with model.inference():
+            yield
+        return
+    saved = [None if p.grad is None else p.grad.copy() for p in model.parameters()]
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+        for param, grad in zip(model.parameters(), saved):
+            if grad is None:
+                param.grad = None
+            else:
+                param.grad[...] = grad                               # in place: optimizer views stay views
 
 
 def summary():
