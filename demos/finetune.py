@@ -19,8 +19,6 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
 import numpyvit
 import numpyvit.data
 import numpyvit.distributed

@@ -5,7 +5,7 @@ threads beat PyTorch, on a 2-core Intel server of the same size the same split w
 thread (its threads wake up more slowly). So two kinds of decision are timed here, once per
 machine, and remembered:
 
-1. Sizes (``calibrate_settings``, about a second): the piece size of row-wise passes
+1. Sizes (``numpyvit.calibration``, about a second): the piece size of row-wise passes
    (numpyvit.parallel.Settings.chunk_bytes: the one at which a GELU runs fastest) and the sizes
    below which a product or an elementwise pass runs in one piece (where splitting stops paying).
 2. The way each workload uses the cores (``choose_strategy``): for a model architecture, batch size,
@@ -31,12 +31,12 @@ import json
 import os
 import platform
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
 
 from . import parallel
+from .calibration import best_time, calibrate_settings
 from .grad_mode import grad_enabled
 from .workers import SUPPORTED as PROCESSES_SUPPORTED
 
@@ -149,62 +149,6 @@ def apply_settings():
                                                                         "min_split_elements")})
 
 
-def calibrate_settings():
-    """Measure the three sizes of numpyvit.parallel.Settings on this machine (about a second)."""
-    from .layers.activations import GELU
-
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((4096, 1024), dtype=np.float32)         # 16 MB: more than any cache level
-    y = np.empty_like(x)
-    gelu = GELU()
-    chunk_times = {}
-    for chunk in (2**16, 2**17, 2**18, 2**19, 2**20, 2**21):
-        rows = chunk // (1024 * 4)
-        chunk_times[chunk] = _best_time(lambda: [gelu.evaluate(x[r:r + rows], y[r:r + rows], None)
-                                                 for r in range(0, 4096, rows)])
-    chunk_bytes = min(chunk_times, key=chunk_times.get)
-    return dict(chunk_bytes=chunk_bytes, min_split_work=_split_threshold_matmul(rng),
-                min_split_elements=_split_threshold_multiply(rng, chunk_bytes),
-                chunk_ms={str(k): round(v * 1e3, 3) for k, v in chunk_times.items()})
-
-
-def _best_time(fn, repeats=3, warm_up=True):
-    if warm_up:
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
-def _split_threshold_matmul(rng):
-    """The smallest product (in multiply-adds) that runs faster split across the threads."""
-    K = N = 128
-    b = rng.standard_normal((K, N), dtype=np.float32)
-    for M in (64, 128, 256, 512, 1024, 2048, 4096, 8192):
-        a = rng.standard_normal((M, K), dtype=np.float32)
-        with parallel.single_threaded_blas(), parallel.configured(min_split_work=1):
-            split = _best_time(lambda: parallel.matmul(a, b))
-            whole = _best_time(lambda: parallel.run_on_threads([lambda: parallel.matmul(a, b)]))
-        if split < 0.9 * whole:
-            return M * K * N
-    return 8192 * K * N * 2
-
-
-def _split_threshold_multiply(rng, chunk_bytes):
-    """The smallest elementwise product (in elements) that runs faster split across the threads."""
-    for n in (2**14, 2**15, 2**16, 2**17, 2**18, 2**19, 2**20, 2**21):
-        a = rng.standard_normal((n // 256, 256), dtype=np.float32)
-        with parallel.configured(min_split_elements=1, chunk_bytes=min(chunk_bytes, a.nbytes // 2)):
-            split = _best_time(lambda: parallel.multiply(a, a))
-            whole = _best_time(lambda: np.multiply(a, a))
-        if split < 0.9 * whole:
-            return n
-    return 2**22
-
-
 # ----- 2. the way to use the cores ---------------------------------------------------------------------
 @contextlib.contextmanager
 def forced(strategy):
@@ -283,8 +227,8 @@ def measure(model, batch, ways, training):
     with _unchanged(model, training):
         for way in ways:
             with forced(way):
-                warm_up = _best_time(step, 1, warm_up=False)         # starts worker processes
-                times[way] = _best_time(step, 2 if warm_up < 1.0 else 1, warm_up=False)
+                warm_up = best_time(step, 1, warm_up=False)         # starts worker processes
+                times[way] = best_time(step, 2 if warm_up < 1.0 else 1, warm_up=False)
     best = min(times, key=times.get)
     if best == "processes" and times.get("threads", float("inf")) < PROCESS_MARGIN * times[best]:
         best = "threads"                                             # close: threads cost no extra memory

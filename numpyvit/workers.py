@@ -101,20 +101,22 @@ class ProcessShards:
             worker.io["x"][...] = x[rows]
             worker.send(op="forward", training=model.training, seeds=draw_seeds(model) if model.training else [],
                         grad=grad_enabled(), errors=np.geterr())
-        logits = run_on_threads([lambda: model.forward_stages(x[self.rows[0]])])
-        for worker in self.workers:
-            worker.reply()
-            logits.append(worker.io["logits"].copy())
-        return np.concatenate(logits)
+        try:
+            logits = run_on_threads([lambda: model.forward_stages(x[self.rows[0]])])
+        finally:
+            self._collect()
+        return np.concatenate(logits + [worker.io["logits"].copy() for worker in self.workers])
 
     def backward(self, dlogits):
         model = self.model
         for worker, rows in zip(self.workers, self.rows[1:]):
             worker.io["dlogits"][...] = dlogits[rows]
             worker.send(op="backward", errors=np.geterr(), trainable=[p.requires_grad for p in self.params])
-        dx = run_on_threads([lambda: model.backward_stages(dlogits[self.rows[0]])])
+        try:
+            dx = run_on_threads([lambda: model.backward_stages(dlogits[self.rows[0]])])
+        finally:
+            self._collect()
         for worker in self.workers:
-            worker.reply()
             for index, param in enumerate(self.params):
                 grad = worker.io[f"g{index}"]
                 if not param.requires_grad:
@@ -125,6 +127,18 @@ class ProcessShards:
                     param.grad += grad
             dx.append(worker.io["dx"].copy())
         return np.concatenate(dx)
+
+    def _collect(self):
+        """Every worker's reply (so that none is left unread for the next command), then the first
+        error among them, if any."""
+        errors = []
+        for worker in self.workers:
+            try:
+                worker.reply()
+            except WorkerError as err:
+                errors.append(err)
+        if errors:
+            raise errors[0]
 
     def close(self):
         self._finalizer()
