@@ -2,18 +2,18 @@
 
 NumPy runs elementwise operations, reductions and stacks of small matrix products on one
 core; only large matrix products (BLAS) use all of them, on BLAS's own thread pool. numpyvit
-uses the other cores in one of three ways, chosen per model and batch by ``numpyvit.tuning``
+uses the other cores in one of four ways, chosen per model and batch by ``numpyvit.tuning``
 from measurements on the machine it runs on:
 
-  shards  every thread runs the whole model on its slice of the batch (``numpyvit.shards``):
-          two hand-offs a step, BLAS on one thread;
-  split   one thread runs the layers; each large product is cut by rows into one piece per
-          thread (``matmul``) and each row-wise pass into cache-sized pieces (``map_rows``),
-          BLAS on one thread (``single_threaded_blas``);
-  blas    like split, but products run on BLAS's own threads (fewer hand-offs for small work).
+  processes  every core runs the whole model on its slice of the batch, in worker processes
+             (``numpyvit.workers``): two hand-offs a step, no shared interpreter lock;
+  threads    the same shards on threads of this process (``numpyvit.shards``);
+  split      one thread runs the layers; each large product is cut by rows into one piece per
+             thread (``matmul``) and each row-wise pass into cache-sized pieces (``map_rows``);
+  blas       like split, but products run on BLAS's own threads (fewer hand-offs for small work).
 
-Why BLAS on one thread in the first two: OpenBLAS's idle threads keep spinning for a while after
-each product, holding a core that numpyvit's own threads need next.
+All but the last keep BLAS on one thread (``single_threaded_blas``): OpenBLAS's idle threads
+keep spinning for a while after each product, holding a core that numpyvit's threads need next.
 
 ``map_rows(fn, n)`` calls ``fn(rows)`` over pieces of ``range(n)`` of about
 ``settings.chunk_bytes`` per array, so a chain of operations finds its data still in the CPU
@@ -89,12 +89,15 @@ def run_on_threads(tasks):
         was = in_worker()
         _local.worker = True
         try:
-            with np.errstate(**errors), set_grad_enabled(grad):
-                return task()
+            return task()
         finally:
             _local.worker = was
 
-    futures = [_thread_pool().submit(work, task) for task in tasks[1:]]
+    def on_pool_thread(task):
+        with np.errstate(**errors), set_grad_enabled(grad):
+            return work(task)
+
+    futures = [_thread_pool().submit(on_pool_thread, task) for task in tasks[1:]]
     first = work(tasks[0])
     return [first] + [future.result() for future in futures]
 
@@ -108,6 +111,10 @@ def map_rows(fn, n, row_bytes, xp=np):
         return
     pieces = [slice(start, min(start + rows, n)) for start in range(0, n, rows)]
     threads = 1 if in_worker() else num_threads()
+    if threads == 1:                                                 # in order, on this thread
+        for piece in pieces:
+            fn(piece)
+        return
     run_on_threads([(lambda share=pieces[i::threads]: [fn(piece) for piece in share])   # interleaved
                     for i in range(min(threads, len(pieces)))])
 

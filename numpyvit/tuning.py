@@ -41,7 +41,6 @@ from .grad_mode import grad_enabled
 from .workers import SUPPORTED as PROCESSES_SUPPORTED
 
 STRATEGIES = ("processes", "threads", "split", "blas")
-SHARDED = ("processes", "threads")
 CACHE_NAME = "tuning.json"
 PROCESS_MARGIN = 1.10    # worker processes are chosen only when this much faster than threads: each
                          # holds an interpreter, and the weights are copied to them every step
