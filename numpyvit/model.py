@@ -12,6 +12,8 @@ Shapes: B batch, C channels, (H, W) image, N patches, T = 1 + N tokens, D width,
 
 backward runs the same stages in reverse, each returning the gradient of its input.
 """
+import contextlib
+
 import numpy as np
 
 from .backend import array_module, backend_name, get_xp, tune_allocator
@@ -146,14 +148,7 @@ class VisionTransformer(Module):
         """Logits (B, num_classes) for images x (B, C, H, W)."""
         x = self._check_images(x)
         strategy = self._strategy(x.shape[0])
-        if strategy in SHARDED:
-            with single_threaded_blas():
-                x = self._shards(strategy).forward(x)
-        elif strategy == "split":
-            with single_threaded_blas():
-                x = self.forward_stages(x)
-        else:
-            x = self.forward_stages(x)
+        x = self._run(strategy, "forward", x)
         self._save_for_backward(x.shape, strategy)
         return x
 
@@ -163,14 +158,15 @@ class VisionTransformer(Module):
         dlogits = self._to_device(dlogits, "dlogits")
         if tuple(dlogits.shape) != tuple(shape):
             raise ValueError(f"dlogits must have the logits' shape {tuple(shape)}, got {tuple(dlogits.shape)}")
-        dx = dlogits.astype(self.dtype, copy=False)
-        if strategy in SHARDED:
-            with single_threaded_blas():
-                return self._shards(strategy).backward(dx)
-        if strategy == "split":
-            with single_threaded_blas():
-                return self.backward_stages(dx)
-        return self.backward_stages(dx)
+        return self._run(strategy, "backward", dlogits.astype(self.dtype, copy=False))
+
+    def _run(self, strategy, direction, x):
+        """forward or backward ("forward" / "backward") of all stages, the way ``strategy`` says:
+        over batch shards, or here; BLAS single-threaded except for 'blas' (numpyvit.parallel)."""
+        with contextlib.nullcontext() if strategy == "blas" else single_threaded_blas():
+            if strategy in SHARDED:
+                return getattr(self._shards(strategy), direction)(x)
+            return getattr(self, f"{direction}_stages")(x)
 
     def forward_stages(self, x):
         """The layers' forward on images already checked (one shard's work)."""
