@@ -7,8 +7,6 @@ Forward:   mu = mean(x),  rstd = 1 / sqrt(mean((x - mu)^2) + eps)
 Backward:  dg += sum(dy * xhat),  db += sum(dy)             (summed over all leading axes)
            dxhat = dy * g
            dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
-           where mean(dxhat) = (dy @ g) / D and mean(dxhat * xhat) = ((dy * xhat) @ g) / D,
-           so the product dy * xhat serves both dg and the last term.
 Caches: xhat (..., D) and rstd (..., 1): x and mu are not needed again, because the
 backward formula is written in terms of the normalized input.
 
@@ -22,7 +20,7 @@ import numpy as np
 from ..backend import array_module
 from ..parallel import map_rows, multiply
 from .base import Module, new_parameter
-from .reductions import col_sum, matvec, row_dot, row_mean
+from .reductions import col_sum, row_dot, row_mean
 
 
 class LayerNorm(Module):
@@ -65,32 +63,22 @@ class LayerNorm(Module):
     def backward(self, dy):
         """dx from dy (after ``forward``) or from dxhat (after ``normalize``)."""
         xhat, rstd, affine = self._saved()
-        xp, g = array_module(dy), self.weight.data
-        dy2 = dy.reshape(xhat.shape)                                 # (M, D)
-        dx = xp.empty_like(dy2)
+        xp = array_module(dy)
+        dxhat = dy.reshape(xhat.shape)                               # (M, D)
+        if affine:                                                   # in the forward y = xhat g + b
+            dy2 = dxhat
+            self.weight.accumulate(col_sum(multiply(dy2, xhat)))     # dg = sum(dy * xhat)
+            self.bias.accumulate(col_sum(dy2))
+            dxhat = multiply(dy2, self.weight.data)                  # dxhat = dy g
+        dx = xp.empty_like(dxhat)
         inv_d = dy.dtype.type(1.0 / self.dim)
-        if not affine:                                               # dy2 is dxhat
-            def through_normalize(r):
-                mean_dxhat_xhat = row_dot(dy2[r], xhat[r], keepdims=True) * inv_d
-                d = dx[r]
-                xp.subtract(dy2[r], row_mean(dy2[r], keepdims=True), out=d)
-                d -= xp.multiply(xhat[r], mean_dxhat_xhat)
-                d *= rstd[r]
 
-            map_rows(through_normalize, dy2.shape[0], self.dim * dy.itemsize, xp)
-            return dx.reshape(dy.shape)
-        dy_xhat = multiply(dy2, xhat)                                # dy * xhat, on all cores
-        self.weight.accumulate(col_sum(dy_xhat))
-        self.bias.accumulate(col_sum(dy2))
-
-        def through_norm(r):
-            mean_dxhat = matvec(dy2[r], g, keepdims=True) * inv_d             # (rows, 1)
-            mean_dxhat_xhat = matvec(dy_xhat[r], g, keepdims=True) * inv_d    # (rows, 1)
+        def through_normalize(r):                                    # in the forward xhat = (x - mu) rstd
+            mean_dxhat_xhat = row_dot(dxhat[r], xhat[r], keepdims=True) * inv_d
             d = dx[r]
-            xp.multiply(dy2[r], g, out=d)                                     # dxhat
-            d -= mean_dxhat
-            d -= xp.multiply(xhat[r], mean_dxhat_xhat, out=dy_xhat[r])       # reuses the buffer
+            xp.subtract(dxhat[r], row_mean(dxhat[r], keepdims=True), out=d)
+            d -= xp.multiply(xhat[r], mean_dxhat_xhat)
             d *= rstd[r]
 
-        map_rows(through_norm, dy2.shape[0], self.dim * dy.itemsize, xp)
+        map_rows(through_normalize, dxhat.shape[0], self.dim * dy.itemsize, xp)
         return dx.reshape(dy.shape)
