@@ -199,13 +199,10 @@ def _memory_child(framework, config_key, backend, batch):
 
 def torch_only_step(preset, batch, training, device):
     """The PyTorch reference of a preset, randomly initialized, with its own step."""
-    import inspect
-
     import torch
     from torch_reference import TorchViT
 
-    defaults = {name: p.default for name, p in inspect.signature(numpyvit.VisionTransformer).parameters.items()}
-    config = dict(defaults, **numpyvit.PRESETS[preset])
+    config = numpyvit.presets.preset_config(preset)
     reference = TorchViT(config).to(device)
     C, size = config["in_chans"], config["img_size"]
     x = torch.randn(batch, C, size, size, device=device)

@@ -48,6 +48,16 @@ def create_model(name, weights=None, **overrides):
     return VisionTransformer(**{**PRESETS[name], **overrides})
 
 
+def preset_config(name):
+    """Every VisionTransformer keyword of a preset: the preset's values over the defaults."""
+    import inspect
+
+    check_preset(name)
+    defaults = {key: p.default for key, p in inspect.signature(VisionTransformer).parameters.items()
+                if p.default is not inspect.Parameter.empty and key != "init"}
+    return dict(defaults, **PRESETS[name])
+
+
 def check_preset(name):
     """ValueError naming the closest presets if ``name`` is not one."""
     if name not in PRESETS:

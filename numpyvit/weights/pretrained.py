@@ -93,7 +93,7 @@ def _timm_config(path):
 def create_pretrained(name, weights, **overrides):
     """See the module docstring; ``overrides`` are VisionTransformer keywords."""
     from ..model import VisionTransformer
-    from ..presets import PRESETS, check_preset
+    from ..presets import preset_config
 
     state, info = read_weights(weights)
     if name is None and info["config"] is None:
@@ -101,9 +101,7 @@ def create_pretrained(name, weights, **overrides):
         if name is None:
             raise WeightsError(f"{weights} holds no model config and its sizes match no preset: name one, e.g. "
                                "create_model('vit_base_patch16_224', weights=...)")
-    if name is not None:
-        check_preset(name)
-    preset = dict(_defaults(), **PRESETS[name]) if name is not None else {}
+    preset = preset_config(name) if name is not None else {}         # refuses an unknown name
     config = dict(preset, **(info["config"] or {}))
     conflicts = [f"{key} {preset[key]!r} (preset) vs {info['config'][key]!r} (file)"
                  for key in ARCHITECTURE if preset and info["config"] and key in info["config"]
@@ -126,16 +124,6 @@ def create_pretrained(name, weights, **overrides):
     model.pretrained_cfg = dict(mean=info["mean"], std=info["std"], crop_pct=info["crop_pct"],
                                 classes=info["classes"] if same_classes else None, file=str(weights))
     return model
-
-
-def _defaults():
-    """VisionTransformer's keyword defaults."""
-    import inspect
-
-    from ..model import VisionTransformer
-
-    return {name: p.default for name, p in inspect.signature(VisionTransformer).parameters.items()
-            if p.default is not inspect.Parameter.empty and name != "init"}
 
 
 def class_names(model):
