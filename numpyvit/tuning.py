@@ -38,6 +38,7 @@ import numpy as np
 from . import parallel
 from .calibration import best_time, calibrate_settings
 from .grad_mode import grad_enabled
+from .io import atomic_file
 from .workers import SUPPORTED as PROCESSES_SUPPORTED
 
 STRATEGIES = ("processes", "threads", "split", "blas")
@@ -119,10 +120,8 @@ def _update_cache(update):
         entry = cache.setdefault(fingerprint(), dict(machine=machine(), settings=None, workloads={}))
         update(entry)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(cache, indent=1))
-            os.replace(tmp, path)
+            with atomic_file(path) as f:
+                f.write(json.dumps(cache, indent=1).encode())
         except OSError:
             pass                                                     # a read-only home: measure again next time
 

@@ -12,23 +12,14 @@ model's keywords, the TrainConfig, the dataset name, and "data": the training/te
 the normalization mean/std and the class names.
 """
 import json
-import os
-from pathlib import Path
+
+from ..io import atomic_file
 
 HISTORY_NAME = "history.json"
 CURVES_NAME = "curves.png"
 
 
 def write_history(path, history):
-    """Write ``history`` as JSON to ``path`` atomically (temporary file, then rename)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w") as f:
-            json.dump(history, f, indent=1)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write ``history`` as JSON to ``path`` atomically (numpyvit.io.atomic_file)."""
+    with atomic_file(path) as f:
+        f.write((json.dumps(history, indent=1) + "\n").encode())
