@@ -69,7 +69,7 @@ class LayerNorm(Module):
             dy2 = dxhat
             self.weight.accumulate(col_sum(multiply(dy2, xhat)))     # dg = sum(dy * xhat)
             self.bias.accumulate(col_sum(dy2))
-            dxhat = multiply(dy2, self.weight.data)                  # dxhat = dy g
+            dxhat = dy2 * self.weight.data                           # dxhat = dy g
         dx = xp.empty_like(dxhat)
         inv_d = dy.dtype.type(1.0 / self.dim)
 
