@@ -53,7 +53,8 @@ def build(config_key, backend, batch=None, **overrides):
 
 def matmul_flops(model, batch, training):
     """FLOPs of the matrix multiplies of one step (forward x 3 when training: the backward
-    computes two products per forward product)."""
+    computes two products per forward product), counted for the full model as PyTorch runs it;
+    numpyvit's [CLS]-only last block skips some, so its GFLOP/s is an effective rate."""
     c = model.config
     D, L, N = c["embed_dim"], c["depth"], model.patch_embed.num_patches
     T, hidden = N + 1, int(round(D * c["mlp_ratio"]))

@@ -47,18 +47,24 @@ class Block(Module):
         self.mlp = Mlp(dim, int(round(dim * mlp_ratio)), act, drop, xp=xp, dtype=dtype, rng=rng)
         self.drop_path2 = DropPath(drop_path, xp=xp)
 
-    def forward(self, x):
+    def forward(self, x, queries=None):
+        """(B, T, D) -> (B, T, D), or (B, Q, D) for the first Q tokens only with ``queries=Q``:
+        a token's output needs the other tokens only as attention's keys and values."""
         # x + branch(x) is written add_to(branch(x), x): the branch's output is a fresh array
         # that no layer caches, so x is added into it in place (on all CPU cores)
-        x = add_to(self.drop_path1(self.attn(self.norm1.normalize(x), affine=self.norm1)), x)
+        kept = x if queries is None else x[:, :queries]
+        x = add_to(self.drop_path1(self.attn(self.norm1.normalize(x), self.norm1, queries)), kept)
         x = add_to(self.drop_path2(self.mlp(self.norm2.normalize(x), affine=self.norm2)), x)
         return x
 
     def backward(self, dy):
         # dy + branch'(x)^T dy, the same way
         dy = add_to(self.norm2.backward(self.mlp.backward(self.drop_path2.backward(dy))), dy)
-        dy = add_to(self.norm1.backward(self.attn.backward(self.drop_path1.backward(dy))), dy)
-        return dy
+        dx = self.norm1.backward(self.attn.backward(self.drop_path1.backward(dy)))    # (B, T, D)
+        if dx.shape == dy.shape:
+            return add_to(dx, dy)
+        dx[:, :dy.shape[1]] += dy                                    # the kept tokens' residual
+        return dx
 
 
 class VisionTransformer(Module):
@@ -169,10 +175,21 @@ class VisionTransformer(Module):
             return getattr(self, f"{direction}_stages")(x)
 
     def forward_stages(self, x):
-        """The layers' forward on images already checked (one shard's work)."""
+        """The layers' forward on images already checked (one shard's work).
+
+        With global_pool='token' the head reads only the [CLS] token, so the last block computes
+        its output for that token alone (``Block.forward(x, queries=1)``): its keys and values
+        still come from every token, but its query, attention weights, projection, residual and
+        MLP have 1 row instead of T. The logits and every gradient are those of the full
+        computation; it saves about 3/4 of one block's work. Recording attention maps turns it off.
+        """
+        last = self.blocks[-1] if self._cls_only_last_block() else None
         for stage in self.stages:
-            x = stage(x)
+            x = stage(x, queries=1) if stage is last else stage(x)
         return x
+
+    def _cls_only_last_block(self):
+        return self.global_pool == "token" and not self.blocks[-1].attn.record
 
     def backward_stages(self, dy):
         for stage in reversed(self.stages):

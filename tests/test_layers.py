@@ -92,6 +92,9 @@ def build(name, xp, dtype, rng):
         block = Block(8, 2, mlp_ratio=2.0, qkv_bias=True, drop=0.1, attn_drop=0.2, drop_path=0.4,
                       act="gelu", rng=rng, **kw)
         return Case(block, (3, 7, 8), (3, 7, 8))
+    if name == "block_first_tokens":                                 # the model's last block: [CLS] only
+        block = Block(8, 2, mlp_ratio=2.0, drop=0.1, attn_drop=0.2, drop_path=0.4, rng=rng, **kw)
+        return Case(block, (3, 7, 8), (3, 2, 8), args=(2,))
     if name == "cross_entropy":
         return Case(CrossEntropyLoss(label_smoothing=0.1), (4, 5), (), args=(np.array([0, 4, 2, 2]),))
     if name == "cross_entropy_no_smoothing":
@@ -102,7 +105,7 @@ def build(name, xp, dtype, rng):
 LAYERS = ["linear", "linear_no_bias", "layernorm", "gelu", "gelu_tanh", "relu", "attention",
           "attention_no_qkv_bias", "dropout", "drop_path", "patch_embed", "class_token",
           "pos_embed_learned", "pos_embed_learned_2d", "pos_embed_sincos", "pool_token", "pool_avg",
-          "mlp", "mlp_gelu_tanh", "block", "cross_entropy", "cross_entropy_no_smoothing"]
+          "mlp", "mlp_gelu_tanh", "block", "block_first_tokens", "cross_entropy", "cross_entropy_no_smoothing"]
 WITH_PARAMETERS = [name for name in LAYERS if list(build(name, np, np.float64, np.random.default_rng(0))
                                                    .module.named_parameters())]
 
@@ -497,6 +500,20 @@ class TestMlpAndBlock:
         h = x + naive_attention(block.attn, block.norm1(x))
         expected = h + block.mlp(block.norm2(h))
         np.testing.assert_allclose(block(x), expected, rtol=1e-12, atol=1e-13)
+
+    def test_block_for_the_first_tokens_is_those_rows_of_the_full_block(self, rng, perturb):
+        block = perturb(Block(8, 2, mlp_ratio=2.0, dtype=np.float64, rng=rng))
+        x, dy = rng.standard_normal((2, 7, 8)), rng.standard_normal((2, 7, 8))
+        dy[:, 3:] = 0                                                # only the first 3 rows are used
+        y_full = block(x)
+        dx_full = block.backward(dy)
+        grads_full = {name: p.grad.copy() for name, p in block.named_parameters()}
+        block.zero_grad()
+        y = block(x, 3)
+        np.testing.assert_allclose(y, y_full[:, :3], rtol=1e-13, atol=1e-14)
+        np.testing.assert_allclose(block.backward(dy[:, :3]), dx_full, rtol=1e-12, atol=1e-14)
+        for name, p in block.named_parameters():
+            np.testing.assert_allclose(p.grad, grads_full[name], rtol=1e-12, atol=1e-14, err_msg=name)
 
 
 def reference_cross_entropy(logits, labels, smoothing):

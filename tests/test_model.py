@@ -44,6 +44,27 @@ def test_gradients_match_finite_differences(config, xp, backend, rng, perturb, c
     check_gradients(model, images(rng, xp, dtype=np.float64), max_elements=30)
 
 
+def test_cls_only_last_block_gives_the_full_models_logits_and_gradients(rng, perturb):
+    # forward_stages runs the last block for the [CLS] token alone; here against every block in full
+    model = perturb(small_vit(dtype="float64", seed=3))
+    assert model._cls_only_last_block()
+    x = images(rng, dtype=np.float64)
+    dlogits = rng.standard_normal((2, SMALL["num_classes"]))
+
+    def logits_and_gradients():
+        model.zero_grad()
+        logits = model(x)
+        return logits, model.backward(dlogits), {name: p.grad.copy() for name, p in model.named_parameters()}
+
+    fast = logits_and_gradients()
+    model._cls_only_last_block = lambda: False
+    full = logits_and_gradients()
+    np.testing.assert_allclose(fast[0], full[0], rtol=1e-13, atol=1e-14)
+    np.testing.assert_allclose(fast[1], full[1], rtol=1e-12, atol=1e-15)
+    for name in full[2]:
+        np.testing.assert_allclose(fast[2][name], full[2][name], rtol=1e-12, atol=1e-15, err_msg=name)
+
+
 # ----- input and output --------------------------------------------------------------------------
 def test_logits_are_batch_by_classes_in_float32_by_default(xp, backend, rng):
     logits = small_vit(backend)(images(rng, xp, batch=3))

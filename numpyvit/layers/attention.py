@@ -14,6 +14,8 @@ Backward:  dp' = do v^T,  dv = dropout(p)^T do
 Caches: the qkv output (holding q, k, v as views), q / sqrt(d), and p. The cached p
 doubles as the attention map: set ``record = True`` and the forward keeps the last p in
 ``recorded`` even in eval mode (numpyvit.viz uses this).
+``queries=Q`` computes the output of the first Q tokens only (q and p have Q rows, k and v all N):
+the model's last block uses it when the head reads the [CLS] token alone (numpyvit.model).
 Every image's attention is independent, so the per-image products and the softmax run in
 pieces of the batch on all CPU cores (numpyvit.parallel.map_rows); dropout masks are drawn
 outside those pieces, so a seed gives the same masks whatever the number of threads.
@@ -73,24 +75,26 @@ class Attention(Module):
         self.proj_drop = Dropout(proj_drop, xp=xp)
         self.record, self.recorded = False, None
 
-    def forward(self, x, affine=None):
-        """``affine``: the LayerNorm whose ``normalize`` made x, folded into qkv (Linear)."""
+    def forward(self, x, affine=None, queries=None):
+        """``affine``: the LayerNorm whose ``normalize`` made x, folded into qkv (Linear).
+        ``queries``: the number Q of leading tokens whose output is wanted (None: all N)."""
         xp = array_module(x)
         B, N, D = x.shape
-        H, d = self.num_heads, self.head_dim
+        H, d, Q = self.num_heads, self.head_dim, N if queries is None else queries
         qkv = self.qkv(x, affine).reshape(B, N, 3, H, d).transpose(2, 0, 3, 1, 4)   # (3, B, H, N, d) view
         q, k, v = qkv
-        q_scaled = xp.empty((B, H, N, d), dtype=x.dtype)
-        p = xp.empty((B, H, N, N), dtype=x.dtype)
-        o = xp.empty((B, N, H, d), dtype=x.dtype)                             # heads side by side
-        o_heads = o.transpose(0, 2, 1, 3)                                     # (B, H, N, d) view
+        q = q[:, :, :Q]                                                       # (B, H, Q, d)
+        q_scaled = xp.empty((B, H, Q, d), dtype=x.dtype)
+        p = xp.empty((B, H, Q, N), dtype=x.dtype)
+        o = xp.empty((B, Q, H, d), dtype=x.dtype)                             # heads side by side
+        o_heads = o.transpose(0, 2, 1, 3)                                     # (B, H, Q, d) view
         scale = x.dtype.type(self.scale)
 
         def scores_to_probabilities(b):                                       # images b
             xp.multiply(q[b], scale, out=q_scaled[b])
-            softmax(q_scaled[b] @ k[b].swapaxes(-1, -2), out=p[b])            # (b, H, N, N)
+            softmax(q_scaled[b] @ k[b].swapaxes(-1, -2), out=p[b])            # (b, H, Q, N)
 
-        map_rows(scores_to_probabilities, B, H * N * N * x.itemsize, xp)
+        map_rows(scores_to_probabilities, B, H * Q * N * x.itemsize, xp)
         if self.record:
             self.recorded = p
         p_dropped = self.attn_drop(p)
@@ -98,21 +102,23 @@ class Attention(Module):
         def weighted_values(b):
             xp.matmul(p_dropped[b], v[b], out=o_heads[b])                     # o = p' v
 
-        map_rows(weighted_values, B, H * N * N * x.itemsize, xp)
+        map_rows(weighted_values, B, H * Q * N * x.itemsize, xp)
         self._save_for_backward(q_scaled, k, v, p, p_dropped)
-        return self.proj_drop(self.proj(o.reshape(B, N, D)))
+        return self.proj_drop(self.proj(o.reshape(B, Q, D)))
 
     def backward(self, dy):
         q_scaled, k, v, p, p_dropped = self._saved()
         xp = array_module(dy)
-        B, H, N, d = q_scaled.shape
-        do = self.proj.backward(self.proj_drop.backward(dy))                 # (B, N, D)
-        do = do.reshape(B, N, H, d).transpose(0, 2, 1, 3)                     # (B, H, N, d) view
+        (B, H, Q, d), N = q_scaled.shape, k.shape[2]
+        do = self.proj.backward(self.proj_drop.backward(dy))                 # (B, Q, D)
+        do = do.reshape(B, Q, H, d).transpose(0, 2, 1, 3)                     # (B, H, Q, d) view
         # dqkv is filled head-major through a view, so no concatenation copy is needed
         dqkv = xp.empty((B, N, 3, H, d), dtype=dy.dtype)
         dq, dk, dv = dqkv.transpose(2, 0, 3, 1, 4)                            # each (B, H, N, d)
+        dq[:, :, Q:] = 0                                                      # tokens without a query
+        dq = dq[:, :, :Q]
         dp = xp.empty_like(p)
-        row_bytes = H * N * N * dy.itemsize
+        row_bytes = H * Q * N * dy.itemsize
 
         def through_values(b):                                                # in forward o = p' v
             xp.matmul(p_dropped[b].swapaxes(-1, -2), do[b], out=dv[b])        # dv = p'^T do
