@@ -34,8 +34,8 @@ class Block(Module):
     """Pre-norm transformer block:
         x = x + DropPath(Attn(LN1(x)));   x = x + DropPath(MLP(LN2(x)))
     Backward of a residual x_out = x + f(x): dx = dy + f'(x)^T dy.
-    Each LayerNorm only normalizes; its weight and bias are applied inside the first product of
-    its branch (qkv, fc1), folded into that product's weights (see numpyvit.layers.linear).
+    Each LayerNorm's weight and bias are folded into the first product of its branch (qkv, fc1)
+    when that is cheaper (LayerNorm.for_linear; the folding is in numpyvit.layers.linear).
     """
 
     def __init__(self, dim, num_heads, mlp_ratio=4.0, qkv_bias=True, drop=0.0, attn_drop=0.0,
@@ -53,8 +53,8 @@ class Block(Module):
         # x + branch(x) is written add_to(branch(x), x): the branch's output is a fresh array
         # that no layer caches, so x is added into it in place (on all CPU cores)
         kept = x if queries is None else x[:, :queries]
-        x = add_to(self.drop_path1(self.attn(self.norm1.normalize(x), self.norm1, queries)), kept)
-        x = add_to(self.drop_path2(self.mlp(self.norm2.normalize(x), affine=self.norm2)), x)
+        x = add_to(self.drop_path1(self.attn(*self.norm1.for_linear(x, self.attn.qkv), queries)), kept)
+        x = add_to(self.drop_path2(self.mlp(*self.norm2.for_linear(x, self.mlp.fc1))), x)
         return x
 
     def backward(self, dy):

@@ -92,6 +92,9 @@ def build(name, xp, dtype, rng):
         block = Block(8, 2, mlp_ratio=2.0, qkv_bias=True, drop=0.1, attn_drop=0.2, drop_path=0.4,
                       act="gelu", rng=rng, **kw)
         return Case(block, (3, 7, 8), (3, 7, 8))
+    if name == "block_folded":                                      # 14 rows >= qkv's 12 outputs: g, b folded
+        block = Block(4, 2, mlp_ratio=2.0, drop=0.1, attn_drop=0.2, drop_path=0.4, rng=rng, **kw)
+        return Case(block, (2, 7, 4), (2, 7, 4))
     if name == "block_first_tokens":                                 # the model's last block: [CLS] only
         block = Block(8, 2, mlp_ratio=2.0, drop=0.1, attn_drop=0.2, drop_path=0.4, rng=rng, **kw)
         return Case(block, (3, 7, 8), (3, 2, 8), args=(2,))
@@ -105,7 +108,7 @@ def build(name, xp, dtype, rng):
 LAYERS = ["linear", "linear_no_bias", "layernorm", "gelu", "gelu_tanh", "relu", "attention",
           "attention_no_qkv_bias", "dropout", "drop_path", "patch_embed", "class_token",
           "pos_embed_learned", "pos_embed_learned_2d", "pos_embed_sincos", "pool_token", "pool_avg",
-          "mlp", "mlp_gelu_tanh", "block", "block_first_tokens", "cross_entropy", "cross_entropy_no_smoothing"]
+          "mlp", "mlp_gelu_tanh", "block", "block_folded", "block_first_tokens", "cross_entropy", "cross_entropy_no_smoothing"]
 WITH_PARAMETERS = [name for name in LAYERS if list(build(name, np, np.float64, np.random.default_rng(0))
                                                    .module.named_parameters())]
 
@@ -500,6 +503,27 @@ class TestMlpAndBlock:
         h = x + naive_attention(block.attn, block.norm1(x))
         expected = h + block.mlp(block.norm2(h))
         np.testing.assert_allclose(block(x), expected, rtol=1e-12, atol=1e-13)
+
+    @pytest.mark.parametrize("rows", [3, 30], ids=["applied", "folded"])
+    def test_layernorm_then_linear_folded_or_not_is_the_plain_composition(self, rng, perturb, rows):
+        norm, linear = perturb(LayerNorm(5, dtype=np.float64)), perturb(Linear(5, 6, dtype=np.float64, rng=rng))
+        x, dy = rng.standard_normal((rows, 5)), rng.standard_normal((rows, 6))
+        z, affine = norm.for_linear(x, linear)
+        assert (affine is norm) == (rows >= 6)
+        y = linear(z, affine)
+        dx = norm.backward(linear.backward(dy))
+        h = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + norm.eps)   # xhat
+        y_plain = (h * norm.weight.data + norm.bias.data) @ linear.weight.data.T + linear.bias.data
+        np.testing.assert_allclose(y, y_plain, rtol=1e-12, atol=1e-13)
+        dh = dy @ linear.weight.data * norm.weight.data                          # dxhat
+        dx_plain = (dh - dh.mean(-1, keepdims=True) - h * (dh * h).mean(-1, keepdims=True)) / np.sqrt(
+            x.var(-1, keepdims=True) + norm.eps)
+        np.testing.assert_allclose(dx, dx_plain, rtol=1e-10, atol=1e-12)
+        grads = {"linear.weight": dy.T @ (h * norm.weight.data + norm.bias.data), "linear.bias": dy.sum(0),
+                 "norm.weight": (dy @ linear.weight.data * h).sum(0), "norm.bias": (dy @ linear.weight.data).sum(0)}
+        for name, p in [("linear.weight", linear.weight), ("linear.bias", linear.bias),
+                        ("norm.weight", norm.weight), ("norm.bias", norm.bias)]:
+            np.testing.assert_allclose(p.grad, grads[name], rtol=1e-10, atol=1e-12, err_msg=name)
 
     def test_block_for_the_first_tokens_is_those_rows_of_the_full_block(self, rng, perturb):
         block = perturb(Block(8, 2, mlp_ratio=2.0, dtype=np.float64, rng=rng))

@@ -14,6 +14,9 @@ backward formula is written in terms of the normalized input.
 (``Linear.forward(xhat, affine=norm)``: (xhat g + b) W^T = xhat (W diag g)^T + W b, which costs
 O(D x out) per step instead of two passes over every activation, and the Linear then also
 computes dg and db). Its backward takes dxhat, the gradient of xhat, and skips the dg / db sums.
+Folding pays when the activations outnumber the weights' rows (M >= out): it reads and writes W
+a few times per call, where applying g and b costs two passes over the (M, D) activations
+(cheap ones: done while each piece of rows is in cache). ``for_linear`` picks the cheaper.
 """
 import numpy as np
 
@@ -36,6 +39,14 @@ class LayerNorm(Module):
     def normalize(self, x):
         """xhat = (x - mu) * rstd, for a following Linear that applies g and b (see above)."""
         return self._normalize(x, affine=False)
+
+    def for_linear(self, x, linear):
+        """(input, affine) such that ``linear(input, affine)`` is ``linear(self(x))``: xhat with g
+        and b folded into the product when x has at least as many rows M as the product has
+        outputs, else y = xhat g + b and no folding (see above)."""
+        if x.size // x.shape[-1] >= linear.out_features:
+            return self.normalize(x), self
+        return self.forward(x), None
 
     def _normalize(self, x, affine):
         xp, D = array_module(x), self.dim
