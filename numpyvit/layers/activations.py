@@ -78,7 +78,7 @@ class GELU(Activation):
         y *= c(0.5)
         y += c(0.5)                                                  # Phi(x)
         if slope is not None:
-            s = xp.multiply(x, x, out=s)
+            s = xp.multiply(x, x) if s is None else s                # x^2 (float32: still there)
             s *= c(-0.5)
             xp.exp(s, out=s)
             s *= x
