@@ -28,12 +28,14 @@ import contextlib
 import json
 import os
 import sys
+import time
 import traceback
 
 import numpy as np
 
 from .backend import array_module
 
+ABORT_DELAY = 0.5      # seconds between printing a failed rank's traceback and aborting the job
 MPI_ENV = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS")   # set by mpiexec
 
 
@@ -186,14 +188,16 @@ def check_same(world, what, settings):
 def fail_together(world):
     """An exception on one rank ends every rank: that rank's traceback is printed, then MPI aborts
     the job (mpiexec exits non-zero) instead of leaving the others waiting in an all-reduce.
-    KeyboardInterrupt and SystemExit pass through: every rank sees those alike."""
+    KeyboardInterrupt and SystemExit pass through: every rank sees those alike, and so does a
+    DistributedError (``check_same`` raises it on every rank at once)."""
     try:
         yield
-    except (KeyboardInterrupt, SystemExit):
+    except (KeyboardInterrupt, SystemExit, DistributedError):
         raise
     except BaseException:
         if world.size == 1:
             raise
         sys.stderr.write(f"numpyvit: rank {world.rank} of {world.size} failed:\n{traceback.format_exc()}")
         sys.stderr.flush()
+        time.sleep(ABORT_DELAY)      # mpiexec relays our stderr through a pipe; an abort can overtake it
         world.comm.Abort(1)

@@ -116,4 +116,5 @@ def test_ranks_built_differently_are_refused(tmp_path):
     """
     done = run_ranks(tmp_path, body)
     assert done.returncode != 0
-    assert "rank 1 has another model, data or training settings than rank 0 (differs in: train)" in done.stderr
+    assert "rank 1 has another model, data or training settings than rank 0 (differs in: train)" in done.stderr, (
+        f"exit {done.returncode}\nstdout: {done.stdout}\nstderr: {done.stderr}")
