@@ -40,7 +40,10 @@ def test_the_first_forward_measures_every_way_and_the_cache_remembers(tuned, mon
     assert set(entry["settings"]) >= {"chunk_bytes", "min_split_work", "min_split_elements"}
     (choice,) = entry["workloads"].values()
     assert set(choice["ms"]) == set(tuning.possible(6, 2)) and choice["strategy"] in choice["ms"]
-    assert choice["strategy"] == min(choice["ms"], key=choice["ms"].get)
+    fastest = min(choice["ms"], key=choice["ms"].get)
+    if fastest == "processes" and choice["ms"]["threads"] < tuning.PROCESS_MARGIN * choice["ms"]["processes"]:
+        fastest = "threads"                                          # processes must win by the margin
+    assert choice["strategy"] == fastest
     assert parallel.settings.chunk_bytes == entry["settings"]["chunk_bytes"]
     # a new process (nothing in memory) reads the file instead of measuring
     monkeypatch.setattr(tuning, "_decisions", {})
