@@ -9,6 +9,8 @@ Forward:   [q, k, v] = split(x Wqkv^T + bqkv)         each (B, H, N, d)
            y = dropout(concat_heads(o) Wproj^T + bproj)   (B, N, D)
 Backward:  dp' = do v^T,  dv = dropout(p)^T do
            ds = p * (dp - sum(dp * p, axis=-1))        (softmax backward)
+           where sum_j dp_ij p_ij = sum_j (do_i . v_j) p'_ij = do_i . o_i, a sum over d values
+           instead of N (FlashAttention's D_i; it holds with dropout too, as dp p = dp' p')
            dq = ds k / sqrt(d),  dk = ds^T (q / sqrt(d))
            then back through the qkv Linear with dqkv = [dq, dk, dv].
 Caches: the qkv output (holding q, k, v as views), q / sqrt(d), and p. The cached p
@@ -103,15 +105,16 @@ class Attention(Module):
             xp.matmul(p_dropped[b], v[b], out=o_heads[b])                     # o = p' v
 
         map_rows(weighted_values, B, H * Q * N * x.itemsize, xp)
-        self._save_for_backward(q_scaled, k, v, p, p_dropped)
+        self._save_for_backward(q_scaled, k, v, p, p_dropped, o)
         return self.proj_drop(self.proj(o.reshape(B, Q, D)))
 
     def backward(self, dy):
-        q_scaled, k, v, p, p_dropped = self._saved()
+        q_scaled, k, v, p, p_dropped, o = self._saved()
         xp = array_module(dy)
         (B, H, Q, d), N = q_scaled.shape, k.shape[2]
-        do = self.proj.backward(self.proj_drop.backward(dy))                 # (B, Q, D)
-        do = do.reshape(B, Q, H, d).transpose(0, 2, 1, 3)                     # (B, H, Q, d) view
+        do = self.proj.backward(self.proj_drop.backward(dy)).reshape(B, Q, H, d)
+        do_dot_o = row_dot(do, o).transpose(0, 2, 1)[..., None]              # (B, H, Q, 1) view
+        do = do.transpose(0, 2, 1, 3)                                         # (B, H, Q, d) view
         # dqkv is filled head-major through a view, so no concatenation copy is needed
         dqkv = xp.empty((B, N, 3, H, d), dtype=dy.dtype)
         dq, dk, dv = dqkv.transpose(2, 0, 3, 1, 4)                            # each (B, H, N, d)
@@ -130,7 +133,7 @@ class Attention(Module):
 
         def through_softmax(b):                                               # in forward p = softmax(s)
             ds = dp[b]                                                        # in place: dp is ours
-            ds -= row_dot(ds, p[b], keepdims=True)
+            ds -= do_dot_o[b]
             ds *= p[b]                                                        # ds = p (dp - sum(dp p))
             xp.matmul(ds, k[b], out=dq[b])
             dq[b] *= scale                                                    # dq = ds k / sqrt(d)
