@@ -13,7 +13,7 @@ Backward:  dp' = do v^T,  dv = dropout(p)^T do
            instead of N (FlashAttention's D_i; it holds with dropout too, as dp p = dp' p')
            dq = ds k / sqrt(d),  dk = ds^T (q / sqrt(d))
            then back through the qkv Linear with dqkv = [dq, dk, dv].
-Caches: the qkv output (holding q, k, v as views), q / sqrt(d), and p. The cached p
+Caches: the qkv output (holding q, k, v as views), q / sqrt(d), p, and o. The cached p
 doubles as the attention map: set ``record = True`` and the forward keeps the last p in
 ``recorded`` even in eval mode (numpyvit.viz uses this).
 ``queries=Q`` computes the output of the first Q tokens only (q and p have Q rows, k and v all N):
