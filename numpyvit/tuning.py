@@ -37,6 +37,7 @@ import numpy as np
 
 from . import parallel
 from .calibration import best_time, calibrate_settings
+from .data.datasets import cache_dir
 from .grad_mode import grad_enabled
 from .io import atomic_file
 from .workers import SUPPORTED as PROCESSES_SUPPORTED
@@ -56,10 +57,7 @@ class TuningError(ValueError):
 
 
 def cache_path():
-    root = os.environ.get("NUMPYVIT_CACHE_DIR")
-    if not root:
-        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "numpyvit"
-    return Path(root) / CACHE_NAME
+    return Path(os.environ.get("NUMPYVIT_CACHE_DIR") or cache_dir()) / CACHE_NAME
 
 
 def tuning_enabled():
