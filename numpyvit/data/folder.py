@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .datasets import Dataset
-from .images import IMAGE_SUFFIXES, load_image, resize_and_crop
+from .images import IMAGE_SUFFIXES, channels_first, load_image, resize_and_crop
 
 
 def load_image_folder(root, img_size, channels=3, mean=None, std=None, test_fraction=0.2, crop_pct=0.9, seed=0):
@@ -63,8 +63,7 @@ def _decode(files, size, channels, crop_pct):
     """(uint8 (N, C, H, W), int64 (N,)) of the files, resized and center-cropped to size."""
     images = np.empty((len(files), channels, *size), np.uint8)
     for i, (path, _) in enumerate(files):
-        pixels = np.asarray(resize_and_crop(load_image(path, channels), size, crop_pct))
-        images[i] = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
+        images[i] = channels_first(resize_and_crop(load_image(path, channels), size, crop_pct))
     return images, np.array([label for _, label in files], np.int64)
 
 

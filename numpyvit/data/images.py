@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .loader import normalize
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 IMAGENET_CLASSES = Path(__file__).with_name("imagenet_classes.txt")   # "<WordNet id>\t<names>" per line
 
@@ -60,14 +62,15 @@ def resize_and_crop(image, img_size, crop_pct=0.9):
     return image.crop((left, top, left + out_w, top + out_h))
 
 
+def channels_first(image):
+    """A Pillow image's pixels as uint8 (C, H, W)."""
+    pixels = np.asarray(image)
+    return pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
+
+
 def to_array(image, mean, std):
-    """Step 3: (C, H, W) float32, (pixel / 255 - mean) / std per channel."""
-    pixels = np.asarray(image, dtype=np.float32) / 255.0
-    pixels = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)      # (C, H, W)
-    channels = pixels.shape[0]
-    mean = np.broadcast_to(np.asarray(mean, np.float32).reshape(-1), (channels,))
-    std = np.broadcast_to(np.asarray(std, np.float32).reshape(-1), (channels,))
-    return (pixels - mean[:, None, None]) / std[:, None, None]
+    """Step 3: (C, H, W) float32, (pixel / 255 - mean) / std per channel (numpyvit.data.normalize)."""
+    return normalize(channels_first(image)[None], mean, std)[0]
 
 
 def eval_transform(path, img_size, mean, std, crop_pct=0.9, channels=3):
