@@ -8,24 +8,18 @@ off but still allows ``backward`` (gradients in eval mode, e.g. to explain a pre
 setting belongs to the thread that sets it; numpyvit's own threads and worker processes run
 under the setting of the thread that started their work.
 """
-import contextlib
-import threading
+from .per_thread import PerThread
 
-_mode = threading.local()
+_enabled = PerThread(True)
 
 
 def grad_enabled():
-    return getattr(_mode, "enabled", True)
+    return _enabled.get()
 
 
-@contextlib.contextmanager
 def set_grad_enabled(enabled):
-    saved = grad_enabled()
-    _mode.enabled = bool(enabled)
-    try:
-        yield
-    finally:
-        _mode.enabled = saved
+    """A context manager: inside, the grad mode of this thread is ``enabled``."""
+    return _enabled.set(bool(enabled))
 
 
 def no_grad():

@@ -40,13 +40,14 @@ from .calibration import best_time, calibrate_settings
 from .data.datasets import cache_dir
 from .grad_mode import grad_enabled
 from .io import atomic_file
+from .per_thread import PerThread
 from .workers import SUPPORTED as PROCESSES_SUPPORTED
 
 STRATEGIES = ("processes", "threads", "split", "blas")
 CACHE_NAME = "tuning.json"
 PROCESS_MARGIN = 1.10    # worker processes are chosen only when this much faster than threads: each
                          # holds an interpreter, and the weights are copied to them every step
-_forced = threading.local()
+_forced = PerThread(None)               # a way forced on this thread (measuring, tests)
 _state = dict(settings_applied=False, fingerprint=None)
 _decisions = {}                        # workload key -> strategy, for this process
 _lock = threading.RLock()
@@ -146,15 +147,9 @@ def apply_settings():
 
 
 # ----- 2. the way to use the cores ---------------------------------------------------------------------
-@contextlib.contextmanager
 def forced(strategy):
-    """Inside, every model forward on this thread uses ``strategy`` (measuring, tests)."""
-    saved = getattr(_forced, "strategy", None)
-    _forced.strategy = strategy
-    try:
-        yield
-    finally:
-        _forced.strategy = saved
+    """Inside (a context manager), every model forward on this thread uses ``strategy``."""
+    return _forced.set(strategy)
 
 
 def possible(batch, threads):
@@ -186,7 +181,7 @@ def choose_strategy(model, batch):
     """The way ``model`` (a NumPy VisionTransformer) uses the cores for a batch of ``batch`` images."""
     threads = parallel.num_threads()
     ways = possible(batch, threads)
-    strategy = getattr(_forced, "strategy", None) or os.environ.get("NUMPYVIT_PARALLEL")
+    strategy = _forced.get() or os.environ.get("NUMPYVIT_PARALLEL")
     if strategy:
         if strategy not in STRATEGIES:
             raise TuningError(f"NUMPYVIT_PARALLEL must be one of {', '.join(STRATEGIES)}, got {strategy!r}")

@@ -12,35 +12,29 @@ Parameters are named by attribute path, as in PyTorch/timm: a Parameter stored a
 ``self.weight`` in the child ``self.proj`` of ``self.attn`` is ``attn.proj.weight``.
 """
 import contextlib
-import threading
 
 import numpy as np
 
 from ..backend import array_module, to_numpy
 from ..grad_mode import grad_enabled, no_grad
+from ..per_thread import PerThread
 
 
 class BackwardBeforeForwardError(RuntimeError, ValueError):
     """``backward`` was called with nothing cached by a training-mode ``forward``."""
 
 
-_initializing = threading.local()
+_initializing = PerThread(True)
 
 
-@contextlib.contextmanager
 def initialization(enabled):
     """With ``enabled`` False, layers built inside get uninitialized parameters (``empty``
     arrays, no random draws): for weights that are loaded right after. Per thread."""
-    saved = initializing()
-    _initializing.enabled = enabled
-    try:
-        yield
-    finally:
-        _initializing.enabled = saved
+    return _initializing.set(enabled)
 
 
 def initializing():
-    return getattr(_initializing, "enabled", True)
+    return _initializing.get()
 
 
 def new_parameter(host_array, xp, dtype, weight_decay=True):
