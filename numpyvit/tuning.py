@@ -191,11 +191,12 @@ def choose_strategy(model, batch):
     apply_settings()
     if not tuning_enabled():
         return rule(batch, threads)
-    key = workload_key(model.config, batch, model.training and grad_enabled(), threads)
+    training = model.training and grad_enabled()
+    key = workload_key(model.config, batch, training, threads)
     if key not in _decisions:
         entry = machine_entry().get("workloads", {}).get(key)
         if entry is None or entry.get("strategy") not in ways:
-            entry = measure(model, batch, ways, model.training and grad_enabled())
+            entry = measure(model, batch, ways, training)
             _update_cache(lambda cache_entry: cache_entry["workloads"].update({key: entry}))
         _decisions[key] = entry["strategy"]
     return _decisions[key]

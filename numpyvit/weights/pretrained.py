@@ -113,14 +113,14 @@ def create_pretrained(name, weights, **overrides):
     file_classes = state["head.weight"].shape[0] if "head.weight" in state else None
     config["num_classes"] = file_classes or config.get("num_classes", 1000)
     config.update(overrides)
+    same_classes = config["num_classes"] == file_classes
     model = VisionTransformer(**config, init=False)
-    state = _adapt(model, state, config["num_classes"] == file_classes, weights)
+    state = _adapt(model, state, same_classes, weights)
     try:
         model.load_state_dict(state)
     except ValueError as err:
         raise WeightsError(f"{weights} does not fit {name or 'its model'} with {overrides or 'its settings'}: "
                            f"{err}") from err
-    same_classes = config["num_classes"] == file_classes
     model.pretrained_cfg = dict(mean=info["mean"], std=info["std"], crop_pct=info["crop_pct"],
                                 classes=info["classes"] if same_classes else None, file=str(weights))
     return model
