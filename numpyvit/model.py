@@ -23,8 +23,8 @@ from .layers import (Attention, ClassToken, DropPath, Dropout, GlobalPool, Layer
 from .layers.base import initialization, new_parameter, trunc_normal
 from .parallel import add_to, num_threads, single_threaded_blas
 from .shards import ThreadShards
-from .workers import ProcessShards
-from .tuning import choose_strategy
+from .workers import ProcessShards, SharedMemoryError
+from .tuning import choose_strategy, forced_way, refuse_processes
 
 POS_EMBED_KINDS = ("learned", "learned_2d", "sincos")
 SHARDED = {"threads": ThreadShards, "processes": ProcessShards}
@@ -154,9 +154,17 @@ class VisionTransformer(Module):
         """Logits (B, num_classes) for images x (B, C, H, W)."""
         x = self._check_images(x)
         strategy = self._strategy(x.shape[0])
-        x = self._run(strategy, "forward", x)
-        self._save_for_backward(x.shape, strategy)
-        return x
+        try:
+            logits = self._run(strategy, "forward", x)
+        except SharedMemoryError as error:                          # no room for worker processes' files
+            if forced_way():
+                raise
+            refuse_processes(error)
+            self.release_shards(keep="threads")
+            strategy = self._strategy(x.shape[0])
+            logits = self._run(strategy, "forward", x)
+        self._save_for_backward(logits.shape, strategy)
+        return logits
 
     def backward(self, dlogits):
         """Gradient of the images (B, C, H, W); fills every parameter's ``grad``."""

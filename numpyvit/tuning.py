@@ -14,7 +14,9 @@ machine, and remembered:
    (no dropout, so no random numbers are drawn): a forward under no_grad for inference, a forward
    and a backward for training (the gradients are restored afterwards), and keeps the fastest
    (worker processes only if 10% faster than threads, since they cost memory). Batch sizes are
-   rounded to a power of two for this.
+   rounded to a power of two for this. Where shared memory has no room for the worker processes'
+   files (numpyvit.workers.SharedMemoryError; Docker's 64 MB /dev/shm), they are left out of the
+   choice for the rest of the process, with a warning, and nothing is cached.
 
 Both are kept in ``<cache>/tuning.json`` (cache: $NUMPYVIT_CACHE_DIR, else $XDG_CACHE_HOME/numpyvit,
 else ~/.cache/numpyvit) under a fingerprint of the machine: CPU model, usable cores, NumPy and BLAS
@@ -31,6 +33,7 @@ import json
 import os
 import platform
 import threading
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +44,7 @@ from .data.datasets import cache_dir
 from .grad_mode import grad_enabled
 from .io import atomic_file
 from .per_thread import PerThread
-from .workers import SUPPORTED as PROCESSES_SUPPORTED
+from .workers import SUPPORTED as PROCESSES_SUPPORTED, SharedMemoryError
 
 STRATEGIES = ("processes", "threads", "split", "blas")
 CACHE_NAME = "tuning.json"
@@ -50,6 +53,7 @@ PROCESS_MARGIN = 1.10    # worker processes are chosen only when this much faste
 _forced = PerThread(None)               # a way forced on this thread (measuring, tests)
 _state = dict(settings_applied=False, fingerprint=None)
 _decisions = {}                        # workload key -> strategy, for this process
+_refused = dict(processes=None)        # why worker processes cannot run in this process, if they cannot
 _lock = threading.RLock()
 
 
@@ -152,11 +156,26 @@ def forced(strategy):
     return _forced.set(strategy)
 
 
+def forced_way():
+    """The way forced by ``forced`` or $NUMPYVIT_PARALLEL, else None."""
+    return _forced.get() or os.environ.get("NUMPYVIT_PARALLEL")
+
+
+def refuse_processes(error):
+    """Choose no worker processes in this process from now on: ``error`` (a SharedMemoryError) says
+    there is no room for their files. Warns once; the other ways need no shared memory."""
+    if _refused["processes"] is None:
+        _refused["processes"] = str(error)
+        warnings.warn(f"{error}. Until then numpyvit uses threads instead of worker processes "
+                      "(up to a third slower for small models).", RuntimeWarning, stacklevel=3)
+
+
 def possible(batch, threads):
     """The ways a batch of this size can use ``threads`` cores."""
     ways = []
     if threads > 1 and batch >= threads:
-        ways += (["processes"] if PROCESSES_SUPPORTED else []) + ["threads"]
+        processes = PROCESSES_SUPPORTED and _refused["processes"] is None
+        ways += (["processes"] if processes else []) + ["threads"]
     if threads > 1:
         ways += ["split"] + (["blas"] if parallel.blas_libraries() else [])
     return ways or ["blas"]
@@ -181,7 +200,7 @@ def choose_strategy(model, batch):
     """The way ``model`` (a NumPy VisionTransformer) uses the cores for a batch of ``batch`` images."""
     threads = parallel.num_threads()
     ways = possible(batch, threads)
-    strategy = _forced.get() or os.environ.get("NUMPYVIT_PARALLEL")
+    strategy = forced_way()
     if strategy:
         if strategy not in STRATEGIES:
             raise TuningError(f"NUMPYVIT_PARALLEL must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
@@ -193,11 +212,12 @@ def choose_strategy(model, batch):
         return rule(batch, threads)
     training = model.training and grad_enabled()
     key = workload_key(model.config, batch, training, threads)
-    if key not in _decisions:
+    if _decisions.get(key) not in ways:
         entry = machine_entry().get("workloads", {}).get(key)
         if entry is None or entry.get("strategy") not in ways:
             entry = measure(model, batch, ways, training)
-            _update_cache(lambda cache_entry: cache_entry["workloads"].update({key: entry}))
+            if _refused["processes"] is None:                      # a full /dev/shm is this container's,
+                _update_cache(lambda cache_entry: cache_entry["workloads"].update({key: entry}))  # not the machine's
         _decisions[key] = entry["strategy"]
     return _decisions[key]
 
@@ -219,7 +239,11 @@ def measure(model, batch, ways, training):
     with _unchanged(model, training):
         for way in ways:
             with forced(way):
-                warm_up = best_time(step, 1, warm_up=False)         # starts worker processes
+                try:
+                    warm_up = best_time(step, 1, warm_up=False)     # starts worker processes
+                except SharedMemoryError as error:
+                    refuse_processes(error)
+                    continue
                 times[way] = best_time(step, 2 if warm_up < 1.0 else 1, warm_up=False)
     best = min(times, key=times.get)
     if best == "processes" and times.get("threads", float("inf")) < PROCESS_MARGIN * times[best]:

@@ -14,7 +14,12 @@ and parameter gradients. Commands and replies are one JSON line each on the work
 stdout; nothing is pickled. An exception in a worker comes back as that worker's traceback.
 The files are deleted as soon as both sides have mapped them, so nothing is left behind even
 if a process is killed (POSIX systems only; elsewhere numpyvit uses threads).
+Each file's pages are reserved when it is made (``posix_fallocate``): shared memory is a size-limited
+file system (Docker gives a container 64 MB), and touching a page past its limit kills the process
+with SIGBUS. Reserving them turns that into a SharedMemoryError up front, on which numpyvit.model
+goes on with threads.
 """
+import errno
 import json
 import mmap
 import os
@@ -39,11 +44,32 @@ class WorkerError(RuntimeError):
     """A worker process failed or died; the message holds its traceback or exit status."""
 
 
+class SharedMemoryError(WorkerError):
+    """The shared-memory file system has no room for the files the worker processes need."""
+
+
 def _shared_file(nbytes):
-    """(path, bytes as a uint8 array) of a new file in shared memory (/dev/shm where it exists)."""
-    fd, path = tempfile.mkstemp(prefix="numpyvit-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
-    os.ftruncate(fd, max(1, nbytes))
-    os.close(fd)
+    """(path, bytes as a uint8 array) of a new file in shared memory (/dev/shm where it exists),
+    its pages reserved (SharedMemoryError if they do not fit)."""
+    folder = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
+    fd, path = tempfile.mkstemp(prefix="numpyvit-", dir=folder)
+    try:
+        os.ftruncate(fd, max(1, nbytes))
+        if hasattr(os, "posix_fallocate"):                           # Linux; elsewhere nothing to reserve
+            os.posix_fallocate(fd, 0, max(1, nbytes))
+    except OSError as err:
+        os.unlink(path)
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        stats = os.statvfs(folder)
+        raise SharedMemoryError(
+            f"numpyvit's worker processes need a file of {nbytes / 2**20:.0f} MB in shared memory ({folder}), "
+            f"which has {stats.f_bavail * stats.f_frsize / 2**20:.0f} MB free of "
+            f"{stats.f_blocks * stats.f_frsize / 2**20:.0f} MB. "
+            "Give it more (Docker: docker run --shm-size=2g ...; Kubernetes: an emptyDir volume with "
+            "medium Memory at /dev/shm), or set NUMPYVIT_PARALLEL=threads") from err
+    finally:
+        os.close(fd)
     return path, _map(path, writable=True)
 
 
@@ -96,8 +122,9 @@ class ProcessShards:
         for param, view in zip(self.params, self.param_views):      # the weights as they are now
             view[...] = param.data
         self.rows = split_rows(x.shape[0], len(self.workers) + 1)
+        for worker, rows in zip(self.workers, self.rows[1:]):              # all files first: no worker
+            worker.prepare(x[rows].shape, model.num_classes, self.params, model.dtype)   # is busy if one fails
         for worker, rows in zip(self.workers, self.rows[1:]):
-            worker.prepare(x[rows].shape, model.num_classes, self.params, model.dtype)
             worker.io["x"][...] = x[rows]
             worker.send(op="forward", training=model.training, seeds=draw_seeds(model) if model.training else [],
                         grad=grad_enabled(), errors=np.geterr())

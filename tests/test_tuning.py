@@ -1,6 +1,8 @@
 """numpyvit.tuning: the way to use the cores is measured once per machine and workload, cached,
 and can be forced or switched off; the measuring leaves the model as it was."""
+import errno
 import json
+import os
 
 import numpy as np
 import pytest
@@ -17,6 +19,7 @@ def tuned(monkeypatch, tmp_path):
     monkeypatch.setenv("NUMPYVIT_THREADS", "2")
     monkeypatch.delenv("NUMPYVIT_PARALLEL", raising=False)
     monkeypatch.setattr(tuning, "_decisions", {})
+    monkeypatch.setattr(tuning, "_refused", dict(processes=None))
     monkeypatch.setattr(tuning, "_state", dict(settings_applied=False, fingerprint=None))
     monkeypatch.setattr(parallel, "settings", parallel.Settings())
     return tmp_path / tuning.CACHE_NAME
@@ -107,3 +110,49 @@ def test_calibrated_sizes_are_sane(tuned):
     assert sizes["chunk_bytes"] in (2**16, 2**17, 2**18, 2**19, 2**20, 2**21)
     assert sizes["min_split_work"] >= 64 * 128 * 128 and sizes["min_split_elements"] >= 2**14
     assert all(ms > 0 for ms in sizes["chunk_ms"].values())
+
+
+@pytest.fixture
+def full_shared_memory(monkeypatch):
+    """Reserving space in shared memory fails as on a full /dev/shm (Docker's 64 MB); yields the
+    shared-memory folder's numpyvit files before, to check that none is left behind."""
+    def no_space(fd, offset, length):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    if not hasattr(os, "posix_fallocate") or not numpyvit.workers.SUPPORTED:
+        pytest.skip("worker processes reserve shared memory with posix_fallocate (Linux)")
+    monkeypatch.setattr(os, "posix_fallocate", no_space)
+    folder = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    return lambda: sorted(name for name in os.listdir(folder or "/tmp") if name.startswith("numpyvit-"))
+
+
+def test_no_room_in_shared_memory_for_forced_processes_is_a_clear_error(tuned, monkeypatch, full_shared_memory):
+    files = full_shared_memory()
+    monkeypatch.setenv("NUMPYVIT_PARALLEL", "processes")
+    with pytest.raises(numpyvit.workers.SharedMemoryError,
+                       match=r"(?s)need a file of .* MB in shared memory .* MB free .*--shm-size"
+                             r".*NUMPYVIT_PARALLEL=threads"):
+        model()(images())
+    assert full_shared_memory() == files
+
+
+def test_no_room_in_shared_memory_means_threads_instead_of_processes(tuned, monkeypatch, full_shared_memory):
+    files = full_shared_memory()
+    reference = model()
+    with tuning.forced("threads"):
+        expected = reference(images())
+    # measuring: processes cannot start, the others are timed, and the choice is not cached on disk
+    with pytest.warns(RuntimeWarning, match="threads instead of worker processes"):
+        np.testing.assert_allclose(model()(images()), expected, rtol=1e-5, atol=1e-6)
+    assert "processes" not in tuning.possible(6, 2) and model()._strategy(6) != "processes"
+    assert not json.loads(tuned.read_text()).popitem()[1]["workloads"]
+    # a remembered choice of processes (measured where shared memory was ample) is left for threads
+    monkeypatch.setattr(tuning, "_refused", dict(processes=None))
+    monkeypatch.setattr(tuning, "_decisions", {key: "processes" for key in tuning._decisions})
+    m = model()
+    with pytest.warns(RuntimeWarning, match="threads instead of worker processes"):
+        np.testing.assert_allclose(m(images()), expected, rtol=1e-5, atol=1e-6)
+    assert ("processes", 2) not in (m._shard_sets or {})
+    assert tuning._decisions and "processes" not in tuning._decisions.values()
+    m.backward(np.ones((6, 3), np.float32))                         # on the way the forward used
+    assert full_shared_memory() == files
