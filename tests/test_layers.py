@@ -13,6 +13,7 @@ Part 2 has one section per layer: its forward against an independent reference w
 the bad arguments or inputs it must refuse.
 """
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -322,16 +323,29 @@ class TestAttention:
         np.testing.assert_allclose(p, expected, rtol=1e-5 if dtype == np.float32 else 1e-13, atol=1e-30)
 
     @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
-    def test_softmax_without_the_max_subtraction_is_exact_too(self, dtype):
-        """Scores all below 64 skip the subtraction; a row far below the others then underflows
-        and is redone with its own max."""
-        s = np.array([[[0.0, 1.0, 2.0, 63.0], [-200.0, -201.0, -202.0, -200.5], [-3.0, 0.0, 3.0, 0.5],
+    @pytest.mark.parametrize("top", [63.0, 75.0, 100.0, 1000.0])
+    def test_softmax_without_the_max_subtraction_is_exact_too(self, dtype, top):
+        """exp(s) is tried without the subtraction; a row whose sum overflows or passes 1e30
+        (top >= 75), or one far below the others that underflows, is redone with its own max,
+        without an overflow warning."""
+        s = np.array([[[0.0, 1.0, 2.0, top], [-200.0, -201.0, -202.0, -200.5], [-3.0, 0.0, 3.0, 0.5],
                        [10.0, 10.0, 10.0, 10.0]]], dtype=dtype)
         expected = np.exp(s - s.max(axis=-1, keepdims=True).astype(np.float64))
         expected /= expected.sum(axis=-1, keepdims=True)
-        p = softmax(s.copy())
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            p = softmax(s.copy())
         assert np.isfinite(p).all()
         np.testing.assert_allclose(p, expected, rtol=1e-5 if dtype == np.float32 else 1e-13, atol=1e-30)
+
+    def test_softmax_keeps_nan_in_its_block(self):
+        """A nan score makes its (image, head) block nan (its max is nan) and leaves the others."""
+        s = np.array([[[0.0, np.nan, 1.0], [0.0, 1.0, 2.0], [5.0, 5.0, 5.0]],
+                      [[0.0, 1.0, 2.0], [90.0, 0.0, 0.0], [5.0, 5.0, 5.0]]], dtype=np.float32)
+        p = softmax(s)
+        assert np.isnan(p[0, 0]).all() and np.isfinite(p[1]).all()
+        np.testing.assert_allclose(p[1, 2], 1 / 3, rtol=1e-6)
+        np.testing.assert_allclose(p[1, 1], [1, 0, 0], atol=1e-30)
 
     def test_refuses_embed_dim_not_divisible_by_heads(self):
         with pytest.raises(ValueError, match=r"embed_dim \(10\) must be divisible by num_heads \(4\)"):

@@ -35,27 +35,30 @@ from .reductions import row_dot, row_sum
 def softmax(s, out=None):
     """Softmax over the last axis of attention scores s (..., N, N), into ``out`` (or a new array).
 
-    softmax(s) = softmax(s - c) for any c constant along a row; subtracting a large enough c
-    keeps exp from overflowing. NumPy's max over a short last axis is ~30x slower than over a
-    whole (N, N) block, so on the CPU c is each block's max, and where no score exceeds 64
-    (exp(64) ~ 6e27, far from float32's 3e38) c = 0 and the subtraction is skipped; if a row
-    then sums below 1e-20 (its scores lie far below c, where exp would lose precision), the
-    exact per-row max is used instead. On the GPU the row max is cheap and always used.
+    softmax(s) = softmax(s - c) for any c constant along a row; subtracting each row's max keeps
+    exp from overflowing. NumPy's max over a short last axis is ~30x slower than over a whole
+    (N, N) block, and the exp itself is cheaper still, so on the CPU c = 0 is tried first. Where
+    that fails (a row's sum of exp(s) overflows or exceeds 1e30, where 1 / sum loses float32
+    precision, or falls below 1e-20, where exp has lost it), c is each block's max, and rows whose
+    sums still fall below 1e-20 (scores far below their block's max) use their own max. On the GPU
+    the row max is cheap and always used.
     """
     xp = array_module(s)
     e = xp.empty_like(s) if out is None else out
-    if xp is np:
-        block_max = s.reshape(-1, s.shape[-2] * s.shape[-1]).max(axis=1)  # (B*H,) of (N*N) blocks
-        if block_max.max() > 64:
-            xp.exp(xp.subtract(s, block_max.reshape(s.shape[:-2] + (1, 1)), out=e), out=e)
-        else:
-            xp.exp(s, out=e)
-    else:
+    if xp is not np:
         xp.exp(xp.subtract(s, s.max(axis=-1, keepdims=True), out=e), out=e)
+        e *= 1 / row_sum(e, keepdims=True)
+        return e
+    with np.errstate(over="ignore"):                                 # checked through the sums
+        xp.exp(s, out=e)
     sums = row_sum(e, keepdims=True)                                 # (..., N, 1)
-    if xp is np and sums.min() < 1e-20:
-        xp.exp(s - s.max(axis=-1, keepdims=True), out=e)
+    if not (sums.min() >= 1e-20 and sums.max() <= 1e30):             # (nan too)
+        block_max = s.reshape(-1, s.shape[-2] * s.shape[-1]).max(axis=1)  # (B*H,) of (N*N) blocks
+        xp.exp(xp.subtract(s, block_max.reshape(s.shape[:-2] + (1, 1)), out=e), out=e)
         sums = row_sum(e, keepdims=True)
+        if sums.min() < 1e-20:
+            xp.exp(s - s.max(axis=-1, keepdims=True), out=e)
+            sums = row_sum(e, keepdims=True)
     e *= 1 / sums
     return e
 
