@@ -10,7 +10,7 @@ Each worker is a ``python`` running ``numpyvit.workers.main``, started when the 
 with the model (or at exit). It builds a replica from the model's config, whose parameters are
 views of one shared-memory file: the model copies its weights there before every forward. Per
 worker, a second shared-memory file holds its shard's images, logits, dlogits, input gradient
-and parameter gradients. Commands and replies are one JSON line each on the worker's stdin and
+and, unless the forward runs under no_grad, parameter gradients. Commands and replies are one JSON line each on the worker's stdin and
 stdout; nothing is pickled. An exception in a worker comes back as that worker's traceback.
 The files are deleted as soon as both sides have mapped them, so nothing is left behind even
 if a process is killed (POSIX systems only; elsewhere numpyvit uses threads).
@@ -122,8 +122,9 @@ class ProcessShards:
         for param, view in zip(self.params, self.param_views):      # the weights as they are now
             view[...] = param.data
         self.rows = split_rows(x.shape[0], len(self.workers) + 1)
+        grads = self.params if grad_enabled() else []                      # room for gradients if a backward may follow
         for worker, rows in zip(self.workers, self.rows[1:]):              # all files first: no worker
-            worker.prepare(x[rows].shape, model.num_classes, self.params, model.dtype)   # is busy if one fails
+            worker.prepare(x[rows].shape, model.num_classes, grads, model.dtype)   # is busy if one fails
         for worker, rows in zip(self.workers, self.rows[1:]):
             worker.io["x"][...] = x[rows]
             worker.send(op="forward", training=model.training, seeds=draw_seeds(model) if model.training else [],
@@ -207,7 +208,8 @@ class _Worker:
                            "set NUMPYVIT_PARALLEL=threads to train without worker processes")
 
     def prepare(self, x_shape, num_classes, params, dtype):
-        """Map a shared-memory file for a shard of shape ``x_shape`` (a new one if it changed)."""
+        """Map a shared-memory file for a shard of shape ``x_shape`` and the gradients of ``params``
+        (a new one if that changed)."""
         shapes = dict(x=x_shape, logits=(x_shape[0], num_classes), dlogits=(x_shape[0], num_classes), dx=x_shape)
         shapes.update({f"g{i}": p.shape for i, p in enumerate(params)})
         if shapes == self.shapes:

@@ -132,6 +132,23 @@ def test_worker_processes_stop_and_leave_no_files(monkeypatch, tmp_path):
     assert all(p.wait(timeout=10) == 0 for p in processes)
 
 
+def test_worker_files_hold_gradients_only_when_a_backward_may_follow(monkeypatch):
+    monkeypatch.setenv("NUMPYVIT_THREADS", "2")
+    x, y = data()
+    with tuning.forced("processes"):
+        model = tiny_model()
+        with numpyvit.no_grad():
+            model(x)
+        (worker,) = model._shards("processes").workers
+        assert not [name for name in worker.io if name.startswith("g")]
+        loss = numpyvit.CrossEntropyLoss()
+        loss(model(x), y)
+        model.backward(loss.backward())
+        assert len([name for name in worker.io if name.startswith("g")]) == len(model.parameters())
+    assert all(np.isfinite(p.grad).all() for p in model.parameters())
+    model.release_shards()
+
+
 def test_map_rows_covers_every_row_once(monkeypatch):
     for threads in ("1", "2", "3"):
         monkeypatch.setenv("NUMPYVIT_THREADS", threads)
