@@ -13,7 +13,8 @@ machine, and remembered:
    each way of numpyvit.parallel (processes, threads, split, blas) on the model itself, in eval mode
    (no dropout, so no random numbers are drawn): a forward under no_grad for inference, a forward
    and a backward for training (the gradients are restored afterwards), and keeps the fastest
-   (worker processes only if 10% faster than threads, since they cost memory). Batch sizes are
+   (worker processes only if 5% faster than threads, since they cost memory). When the two fastest
+   are within 25%, they are timed three more times each, taking turns, and compared by medians. Batch sizes are
    rounded to a power of two for this. Where shared memory has no room for the worker processes'
    files (numpyvit.workers.SharedMemoryError; Docker's 64 MB /dev/shm), they are left out of the
    choice for the rest of the process, with a warning, and nothing is cached.
@@ -48,8 +49,9 @@ from .workers import SUPPORTED as PROCESSES_SUPPORTED, SharedMemoryError
 
 STRATEGIES = ("processes", "threads", "split", "blas")
 CACHE_NAME = "tuning.json"
-PROCESS_MARGIN = 1.10    # worker processes are chosen only when this much faster than threads: each
+PROCESS_MARGIN = 1.05    # worker processes are chosen only when this much faster than threads: each
                          # holds an interpreter, and the weights are copied to them every step
+CLOSE_CALL = 1.25        # the two fastest ways within this factor are timed again, taking turns
 _forced = PerThread(None)               # a way forced on this thread (measuring, tests)
 _state = dict(settings_applied=False, fingerprint=None)
 _decisions = {}                        # workload key -> strategy, for this process
@@ -245,11 +247,25 @@ def measure(model, batch, ways, training):
                     refuse_processes(error)
                     continue
                 times[way] = best_time(step, 2 if warm_up < 1.0 else 1, warm_up=False)
+        first, second = (sorted(times, key=times.get) + [None])[:2]
+        if second is not None and times[second] < CLOSE_CALL * times[first]:
+            times.update(_in_turns(step, (first, second), times))
     best = min(times, key=times.get)
     if best == "processes" and times.get("threads", float("inf")) < PROCESS_MARGIN * times[best]:
         best = "threads"                                             # close: threads cost no extra memory
     model.release_shards(keep=best)
     return dict(strategy=best, ms={way: round(t * 1e3, 2) for way, t in times.items()})
+
+
+def _in_turns(step, ways, times, rounds=3):
+    """{way: median seconds} of ``rounds`` more steps of each way, the ways taking turns (so that a
+    change in the machine's speed meanwhile hits both), counting the first timings in ``times``."""
+    samples = {way: [times[way]] for way in ways}
+    for _ in range(rounds):
+        for way in ways:
+            with forced(way):
+                samples[way].append(best_time(step, 1, warm_up=False))
+    return {way: float(np.median(seconds)) for way, seconds in samples.items()}
 
 
 @contextlib.contextmanager

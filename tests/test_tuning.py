@@ -3,6 +3,7 @@ and can be forced or switched off; the measuring leaves the model as it was."""
 import errno
 import json
 import os
+import time
 
 import numpy as np
 import pytest
@@ -156,3 +157,16 @@ def test_no_room_in_shared_memory_means_threads_instead_of_processes(tuned, monk
     assert tuning._decisions and "processes" not in tuning._decisions.values()
     m.backward(np.ones((6, 3), np.float32))                         # on the way the forward used
     assert full_shared_memory() == files
+
+
+def test_a_close_call_is_timed_again_in_turns_and_decided_by_medians():
+    order = []
+
+    def step():
+        order.append(tuning._forced.get())
+        time.sleep(0.001 if order[-1] == "threads" else 0.02)
+
+    first = {"threads": 0.5, "processes": 0.001}                     # one misleading first timing each
+    again = tuning._in_turns(step, ("threads", "processes"), first)
+    assert order == ["threads", "processes"] * 3
+    assert again["threads"] < 0.5 and again["processes"] >= 0.02 and again["threads"] < again["processes"]
