@@ -7,7 +7,7 @@ from .model import Block, VisionTransformer
 from .optim import AdamW, clip_grad_norm, warmup_cosine
 from .presets import PRESETS, create_model
 
-__version__ = "0.3.0"
+__version__ = "0.3.1"
 
 __all__ = [
     "AdamW", "BackendError", "Block", "CrossEntropyLoss", "PRESETS", "VisionTransformer",
