@@ -14,10 +14,10 @@ machine, and remembered:
    (no dropout, so no random numbers are drawn): a forward under no_grad for inference, a forward
    and a backward for training (the gradients are restored afterwards), and keeps the fastest
    (worker processes only if 5% faster than threads, since they cost memory). When the two fastest
-   are within 25%, they are timed three more times each, taking turns, and compared by medians. Batch sizes are
-   rounded to a power of two for this. Where shared memory has no room for the worker processes'
-   files (numpyvit.workers.SharedMemoryError; Docker's 64 MB /dev/shm), they are left out of the
-   choice for the rest of the process, with a warning, and nothing is cached.
+   are within 25%, they are timed three more times each, taking turns, and compared by medians.
+   Batch sizes are rounded to a power of two for this. Where shared memory has no room for the
+   worker processes' files (numpyvit.workers.SharedMemoryError; Docker's 64 MB /dev/shm), they
+   are left out of the choice for the rest of the process, with a warning, and nothing is cached.
 
 Both are kept in ``<cache>/tuning.json`` (cache: $NUMPYVIT_CACHE_DIR, else $XDG_CACHE_HOME/numpyvit,
 else ~/.cache/numpyvit) under a fingerprint of the machine: CPU model, usable cores, NumPy and BLAS
@@ -218,8 +218,8 @@ def choose_strategy(model, batch):
         entry = machine_entry().get("workloads", {}).get(key)
         if entry is None or entry.get("strategy") not in ways:
             entry = measure(model, batch, ways, training)
-            if _refused["processes"] is None:                      # a full /dev/shm is this container's,
-                _update_cache(lambda cache_entry: cache_entry["workloads"].update({key: entry}))  # not the machine's
+            if _refused["processes"] is None:                      # (a full /dev/shm is the container's,
+                _update_cache(lambda cache_entry: cache_entry["workloads"].update({key: entry}))   # not the machine's)
         _decisions[key] = entry["strategy"]
     return _decisions[key]
 

@@ -10,14 +10,14 @@ Each worker is a ``python`` running ``numpyvit.workers.main``, started when the 
 with the model (or at exit). It builds a replica from the model's config, whose parameters are
 views of one shared-memory file: the model copies its weights there before every forward. Per
 worker, a second shared-memory file holds its shard's images, logits, dlogits, input gradient
-and, unless the forward runs under no_grad, parameter gradients. Commands and replies are one JSON line each on the worker's stdin and
-stdout; nothing is pickled. An exception in a worker comes back as that worker's traceback.
-The files are deleted as soon as both sides have mapped them, so nothing is left behind even
-if a process is killed (POSIX systems only; elsewhere numpyvit uses threads).
-Each file's pages are reserved when it is made (``posix_fallocate``): shared memory is a size-limited
-file system (Docker gives a container 64 MB), and touching a page past its limit kills the process
-with SIGBUS. Reserving them turns that into a SharedMemoryError up front, on which numpyvit.model
-goes on with threads.
+and, unless the forward runs under no_grad, parameter gradients. Commands and replies are one
+JSON line each on the worker's stdin and stdout; nothing is pickled. An exception in a worker
+comes back as that worker's traceback. The files are deleted as soon as both sides have mapped
+them, so nothing is left behind even if a process is killed (POSIX systems only; elsewhere
+numpyvit uses threads). Each file's pages are reserved when it is made (``posix_fallocate``):
+shared memory is a size-limited file system (Docker gives a container 64 MB), and touching a page
+past its limit kills the process with SIGBUS. Reserving turns that into a SharedMemoryError up
+front, on which numpyvit.model goes on with threads.
 """
 import errno
 import json
@@ -63,8 +63,8 @@ def _shared_file(nbytes):
             raise
         stats = os.statvfs(folder)
         raise SharedMemoryError(
-            f"numpyvit's worker processes need a file of {nbytes / 2**20:.0f} MB in shared memory ({folder}), "
-            f"which has {stats.f_bavail * stats.f_frsize / 2**20:.0f} MB free of "
+            f"numpyvit's worker processes need a file of {nbytes / 2**20:.0f} MB in shared memory "
+            f"({folder}), which has {stats.f_bavail * stats.f_frsize / 2**20:.0f} MB free of "
             f"{stats.f_blocks * stats.f_frsize / 2**20:.0f} MB. "
             "Give it more (Docker: docker run --shm-size=2g ...; Kubernetes: an emptyDir volume with "
             "medium Memory at /dev/shm), or set NUMPYVIT_PARALLEL=threads") from err
@@ -122,9 +122,9 @@ class ProcessShards:
         for param, view in zip(self.params, self.param_views):      # the weights as they are now
             view[...] = param.data
         self.rows = split_rows(x.shape[0], len(self.workers) + 1)
-        grads = self.params if grad_enabled() else []                      # room for gradients if a backward may follow
-        for worker, rows in zip(self.workers, self.rows[1:]):              # all files first: no worker
-            worker.prepare(x[rows].shape, model.num_classes, grads, model.dtype)   # is busy if one fails
+        grads = self.params if grad_enabled() else []                # gradients only if a backward may follow
+        for worker, rows in zip(self.workers, self.rows[1:]):        # every file first: if one fails,
+            worker.prepare(x[rows].shape, model.num_classes, grads, model.dtype)   # no worker is busy
         for worker, rows in zip(self.workers, self.rows[1:]):
             worker.io["x"][...] = x[rows]
             worker.send(op="forward", training=model.training, seeds=draw_seeds(model) if model.training else [],
