@@ -15,9 +15,10 @@ machine, and remembered:
    and a backward for training (the gradients are restored afterwards), and keeps the fastest
    (worker processes only if 5% faster than threads, since they cost memory). When the two fastest
    are within 25%, they are timed three more times each, taking turns, and compared by medians.
-   Batch sizes are rounded to a power of two for this. Where shared memory has no room for the
-   worker processes' files (numpyvit.workers.SharedMemoryError; Docker's 64 MB /dev/shm), they
-   are left out of the choice for the rest of the process, with a warning, and nothing is cached.
+   Batch sizes are rounded to a power of two for this. Where the worker processes' files cannot be
+   made in shared memory (numpyvit.workers.SharedMemoryError: no room, as in Docker's 64 MB
+   /dev/shm, or not writable), processes are left out of the choice for the rest of the process,
+   with a warning, and nothing is cached.
 
 Both are kept in ``<cache>/tuning.json`` (cache: $NUMPYVIT_CACHE_DIR, else $XDG_CACHE_HOME/numpyvit,
 else ~/.cache/numpyvit) under a fingerprint of the machine: CPU model, usable cores, NumPy and BLAS
@@ -165,11 +166,11 @@ def forced_way():
 
 def refuse_processes(error):
     """Choose no worker processes in this process from now on: ``error`` (a SharedMemoryError) says
-    there is no room for their files. Warns once; the other ways need no shared memory."""
+    their files cannot be made. Warns once; the other ways need no shared memory."""
     if _refused["processes"] is None:
         _refused["processes"] = str(error)
-        warnings.warn(f"{error}. Until then numpyvit uses threads instead of worker processes "
-                      "(up to a third slower for small models).", RuntimeWarning, stacklevel=3)
+        warnings.warn(f"{error}. numpyvit goes on without worker processes (small models train up to a "
+                      "third slower on threads).", RuntimeWarning, stacklevel=3)
 
 
 def possible(batch, threads):

@@ -19,7 +19,6 @@ shared memory is a size-limited file system (Docker gives a container 64 MB), an
 past its limit kills the process with SIGBUS. Reserving turns that into a SharedMemoryError up
 front, on which numpyvit.model goes on with threads.
 """
-import errno
 import json
 import mmap
 import os
@@ -45,27 +44,29 @@ class WorkerError(RuntimeError):
 
 
 class SharedMemoryError(WorkerError):
-    """The shared-memory file system has no room for the files the worker processes need."""
+    """The worker processes' files cannot be made in shared memory (no room, or not writable)."""
 
 
 def _shared_file(nbytes):
     """(path, bytes as a uint8 array) of a new file in shared memory (/dev/shm where it exists),
-    its pages reserved (SharedMemoryError if they do not fit)."""
+    its pages reserved; SharedMemoryError if they do not fit or the file cannot be made."""
     folder = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
-    fd, path = tempfile.mkstemp(prefix="numpyvit-", dir=folder)
+    try:
+        fd, path = tempfile.mkstemp(prefix="numpyvit-", dir=folder)
+    except OSError as err:                                           # e.g. a read-only /dev/shm
+        raise SharedMemoryError(f"numpyvit's worker processes cannot make a file in {folder} ({err}); "
+                                "set NUMPYVIT_PARALLEL=threads") from err
     try:
         os.ftruncate(fd, max(1, nbytes))
         if hasattr(os, "posix_fallocate"):                           # Linux; elsewhere nothing to reserve
             os.posix_fallocate(fd, 0, max(1, nbytes))
     except OSError as err:
         os.unlink(path)
-        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
-            raise
         stats = os.statvfs(folder)
         raise SharedMemoryError(
             f"numpyvit's worker processes need a file of {nbytes / 2**20:.0f} MB in shared memory "
             f"({folder}), which has {stats.f_bavail * stats.f_frsize / 2**20:.0f} MB free of "
-            f"{stats.f_blocks * stats.f_frsize / 2**20:.0f} MB. "
+            f"{stats.f_blocks * stats.f_frsize / 2**20:.0f} MB ({err.strerror}). "
             "Give it more (Docker: docker run --shm-size=2g ...; Kubernetes: an emptyDir volume with "
             "medium Memory at /dev/shm), or set NUMPYVIT_PARALLEL=threads") from err
     finally:

@@ -137,13 +137,22 @@ def test_no_room_in_shared_memory_for_forced_processes_is_a_clear_error(tuned, m
     assert full_shared_memory() == files
 
 
+def test_an_unwritable_shared_memory_folder_is_a_clear_error(monkeypatch):
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(numpyvit.workers.tempfile, "mkstemp", read_only)
+    with pytest.raises(numpyvit.workers.SharedMemoryError, match="cannot make a file in .*Read-only.*NUMPYVIT_PARALLEL"):
+        numpyvit.workers._shared_file(1024)
+
+
 def test_no_room_in_shared_memory_means_threads_instead_of_processes(tuned, monkeypatch, full_shared_memory):
     files = full_shared_memory()
     reference = model()
     with tuning.forced("threads"):
         expected = reference(images())
     # measuring: processes cannot start, the others are timed, and the choice is not cached on disk
-    with pytest.warns(RuntimeWarning, match="threads instead of worker processes"):
+    with pytest.warns(RuntimeWarning, match="goes on without worker processes"):
         np.testing.assert_allclose(model()(images()), expected, rtol=1e-5, atol=1e-6)
     assert "processes" not in tuning.possible(6, 2) and model()._strategy(6) != "processes"
     assert not json.loads(tuned.read_text()).popitem()[1]["workloads"]
@@ -151,7 +160,7 @@ def test_no_room_in_shared_memory_means_threads_instead_of_processes(tuned, monk
     monkeypatch.setattr(tuning, "_refused", dict(processes=None))
     monkeypatch.setattr(tuning, "_decisions", {key: "processes" for key in tuning._decisions})
     m = model()
-    with pytest.warns(RuntimeWarning, match="threads instead of worker processes"):
+    with pytest.warns(RuntimeWarning, match="goes on without worker processes"):
         np.testing.assert_allclose(m(images()), expected, rtol=1e-5, atol=1e-6)
     assert ("processes", 2) not in (m._shard_sets or {})
     assert tuning._decisions and "processes" not in tuning._decisions.values()
