@@ -156,7 +156,7 @@ class VisionTransformer(Module):
         strategy = self._strategy(x.shape[0])
         try:
             logits = self._run(strategy, "forward", x)
-        except SharedMemoryError as error:                          # no room for worker processes' files
+        except SharedMemoryError as error:                          # worker processes' files cannot be made
             if forced_way():
                 raise
             refuse_processes(error)
