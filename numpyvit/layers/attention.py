@@ -45,21 +45,21 @@ def softmax(s, out=None):
     """
     xp = array_module(s)
     e = xp.empty_like(s) if out is None else out
-    if xp is not np:
-        xp.exp(xp.subtract(s, s.max(axis=-1, keepdims=True), out=e), out=e)
-        e *= 1 / row_sum(e, keepdims=True)
-        return e
-    with np.errstate(over="ignore"):                                 # checked through the sums
-        xp.exp(s, out=e)
-    sums = row_sum(e, keepdims=True)                                 # (..., N, 1)
-    if not (sums.min() >= 1e-20 and sums.max() <= 1e30):             # (nan too)
-        block_max = s.reshape(-1, s.shape[-2] * s.shape[-1]).max(axis=1)  # (B*H,) of (N*N) blocks
-        xp.exp(xp.subtract(s, block_max.reshape(s.shape[:-2] + (1, 1)), out=e), out=e)
-        sums = row_sum(e, keepdims=True)
-        if sums.min() < 1e-20:
-            xp.exp(s - s.max(axis=-1, keepdims=True), out=e)
+    if xp is np:
+        with np.errstate(over="ignore"):                             # checked through the sums
+            xp.exp(s, out=e)
+        sums = row_sum(e, keepdims=True)                             # (..., N, 1)
+        exact = sums.min() >= 1e-20 and sums.max() <= 1e30          # (False for nan too)
+        if not exact:
+            block_max = s.reshape(-1, s.shape[-2] * s.shape[-1]).max(axis=1)  # (B*H,) of (N*N) blocks
+            xp.exp(xp.subtract(s, block_max.reshape(s.shape[:-2] + (1, 1)), out=e), out=e)
             sums = row_sum(e, keepdims=True)
-    e *= 1 / sums
+            exact = sums.min() >= 1e-20
+        if exact:
+            e *= 1 / sums
+            return e
+    xp.exp(xp.subtract(s, s.max(axis=-1, keepdims=True), out=e), out=e)   # each row's own max
+    e *= 1 / row_sum(e, keepdims=True)
     return e
 
 
