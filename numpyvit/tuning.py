@@ -248,9 +248,9 @@ def measure(model, batch, ways, training):
                     refuse_processes(error)
                     continue
                 times[way] = best_time(step, 2 if warm_up < 1.0 else 1, warm_up=False)
-        first, second = (sorted(times, key=times.get) + [None])[:2]
-        if second is not None and times[second] < CLOSE_CALL * times[first]:
-            times.update(_in_turns(step, (first, second), times))
+        ranked = sorted(times, key=times.get)
+        if len(ranked) > 1 and times[ranked[1]] < CLOSE_CALL * times[ranked[0]]:
+            times.update(_in_turns(step, ranked[:2], times))
     best = min(times, key=times.get)
     if best == "processes" and times.get("threads", float("inf")) < PROCESS_MARGIN * times[best]:
         best = "threads"                                             # close: threads cost no extra memory

@@ -17,7 +17,7 @@ them, so nothing is left behind even if a process is killed (POSIX systems only;
 numpyvit uses threads). Each file's pages are reserved when it is made (``posix_fallocate``):
 shared memory is a size-limited file system (Docker gives a container 64 MB), and touching a page
 past its limit kills the process with SIGBUS. Reserving turns that into a SharedMemoryError up
-front, on which numpyvit.model goes on with threads.
+front, on which numpyvit.model goes on without worker processes (numpyvit.tuning.refuse_processes).
 """
 import json
 import mmap
