@@ -187,21 +187,41 @@ def test_a_checkpoint_is_resumed_evaluated_drawn_and_used_on_every_backend(tmp_p
     assert "probability" in capsys.readouterr().out
 
 
-def test_benchmark_prints_its_table_and_where_the_time_goes(monkeypatch, capsys):
-    """numpyvit alone (PyTorch is optional), the smallest config, one repeat: a smoke test of the
-    script, not a timing."""
+def test_benchmark_prints_its_table(monkeypatch, capsys):
+    """numpyvit alone (PyTorch is optional), the smallest config, one turn in its own process: a
+    smoke test of the script, not a timing."""
     benchmark = demo("benchmark")
     monkeypatch.setattr(benchmark, "matmul_ceiling", lambda backend: 100.0)
-    benchmark.main(["--configs", "a", "--no-torch", "--no-memory", "--repeats", "1", "--warmup", "1",
-                    "--profile", "--batch", "8"])
+    benchmark.main(["--configs", "a", "--no-torch", "--repeats", "1", "--block", "1", "--warmup", "1",
+                    "--settle", "0", "--batch", "8"])
     out = capsys.readouterr().out
     row = next(line for line in out.splitlines() if line.startswith("a "))
     assert "MNIST-tiny" in row and row.split()[8] in ("processes", "threads", "split", "blas")   # the way
     assert float(row.split()[9]) > 0                                                           # numpyvit img/s
     from numpyvit.tuning import cpu_model
     assert f"cpu: {cpu_model()}" in out                                          # the CPU it ran on
+
+
+def test_benchmark_turn_reports_times_memory_and_logits(capsys):
+    demo("benchmark_turn").main(["numpyvit", "--config", "a", "--batch", "8", "--warmup", "1", "--steps", "2",
+                                 "--logits"])
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert len(report["times"]) == 2 and all(t > 0 for t in report["times"])
+    assert report["peak_mb"] > 0 and np.array(report["logits"]).shape == (4, 10)
+
+
+def test_profile_step_shares_add_up(capsys):
+    demo("profile_step").main(["--configs", "a", "--batch", "8", "--steps", "1"])
+    out = capsys.readouterr().out
     shares = [line.split()[-1] for line in out.split("where one core's time goes")[1].splitlines()[1:] if "%" in line]
     kinds = out.split("where one core's time goes")[1]
     for kind in ("Linear", "Attention", "LayerNorm", "GELU", "rest"):
         assert kind in kinds
     assert sum(int(share.rstrip("%")) for share in shares) == pytest.approx(100, abs=len(shares))
+
+
+def test_benchmark_scaling_prints_a_row_per_variation(capsys):
+    scaling = demo("benchmark_scaling")
+    scaling.main(["--batch", "4", "--repeats", "1"])
+    rows = capsys.readouterr().out.splitlines()[2:]
+    assert len(rows) == len(scaling.VARIATIONS) and all(float(row.split()[4]) > 0 for row in rows)
