@@ -1,4 +1,5 @@
 """numpyvit: a Vision Transformer in NumPy (or CuPy), every gradient derived by hand."""
+from . import reference
 from .backend import BackendError, get_xp, to_numpy
 from .grad_mode import no_grad
 from .gradcheck import gradcheck
@@ -11,5 +12,5 @@ __version__ = "0.3.1"
 
 __all__ = [
     "AdamW", "BackendError", "Block", "CrossEntropyLoss", "PRESETS", "VisionTransformer",
-    "clip_grad_norm", "create_model", "get_xp", "gradcheck", "no_grad", "to_numpy", "warmup_cosine",
+    "clip_grad_norm", "create_model", "get_xp", "gradcheck", "no_grad", "reference", "to_numpy", "warmup_cosine",
 ]

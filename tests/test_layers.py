@@ -21,7 +21,7 @@ import pytest
 
 import numpyvit
 
-from numpyvit import Block, CrossEntropyLoss
+from numpyvit import Block, CrossEntropyLoss, reference
 from numpyvit.backend import to_numpy
 from numpyvit.layers import (GELU, Attention, BackwardBeforeForwardError, ClassToken, DropPath, Dropout,
                              GELUTanh, GlobalPool, LayerNorm, LearnedPositionEmbedding,
@@ -275,20 +275,10 @@ class TestActivations:
 
 
 def naive_attention(layer, x):
-    """Self-attention written head by head with explicit loops (no dropout)."""
-    B, N, D = x.shape
-    H, d = layer.num_heads, D // layer.num_heads
-    qkv = x @ layer.qkv.weight.data.T + (layer.qkv.bias.data if layer.qkv.bias is not None else 0)
-    q, k, v = qkv[..., :D], qkv[..., D:2 * D], qkv[..., 2 * D:]       # each (B, N, D), heads side by side
-    out = np.zeros((B, N, D))
-    for b in range(B):
-        for h in range(H):
-            head = slice(h * d, (h + 1) * d)
-            scores = q[b, :, head] @ k[b, :, head].T / math.sqrt(d)     # (N, N)
-            p = np.exp(scores - scores.max(axis=1, keepdims=True))
-            p /= p.sum(axis=1, keepdims=True)
-            out[b, :, head] = p @ v[b, :, head]
-    return out @ layer.proj.weight.data.T + layer.proj.bias.data
+    """The textbook's attention (numpyvit.reference, no dropout) with the layer's weights."""
+    bias = layer.qkv.bias.data if layer.qkv.bias is not None else None
+    return reference.attention_forward(x, layer.qkv.weight.data, bias, layer.proj.weight.data, layer.proj.bias.data,
+                                       layer.num_heads)[0]
 
 
 class TestAttention:
@@ -464,7 +454,7 @@ class TestTokens:
             for c in range(3):
                 np.testing.assert_array_equal(E[0, 1 + r * 3 + c], row.data[0, r] + col.data[0, c])
 
-    def test_sincos_2d_is_the_fixed_mae_table(self):
+    def test_sincos_2d_is_row_half_then_column_half(self):
         D, (Gh, Gw) = 16, (3, 4)
         layer = SinCosPositionEmbedding2D((Gh, Gw), D, dtype=np.float64)
         assert list(layer.named_parameters()) == []
@@ -526,15 +516,13 @@ class TestMlpAndBlock:
         assert (affine is norm) == (rows >= 6)
         y = linear(z, affine)
         dx = norm.backward(linear.backward(dy))
-        h = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + norm.eps)   # xhat
-        y_plain = (h * norm.weight.data + norm.bias.data) @ linear.weight.data.T + linear.bias.data
+        h, norm_cache = reference.layernorm_forward(x, norm.weight.data, norm.bias.data, norm.eps)   # the textbook
+        y_plain, linear_cache = reference.linear_forward(h, linear.weight.data, linear.bias.data)
         np.testing.assert_allclose(y, y_plain, rtol=1e-12, atol=1e-13)
-        dh = dy @ linear.weight.data * norm.weight.data                          # dxhat
-        dx_plain = (dh - dh.mean(-1, keepdims=True) - h * (dh * h).mean(-1, keepdims=True)) / np.sqrt(
-            x.var(-1, keepdims=True) + norm.eps)
+        dh, dW, db = reference.linear_backward(dy, linear_cache)
+        dx_plain, dg, dbeta = reference.layernorm_backward(dh, norm_cache)
         np.testing.assert_allclose(dx, dx_plain, rtol=1e-10, atol=1e-12)
-        grads = {"linear.weight": dy.T @ (h * norm.weight.data + norm.bias.data), "linear.bias": dy.sum(0),
-                 "norm.weight": (dy @ linear.weight.data * h).sum(0), "norm.bias": (dy @ linear.weight.data).sum(0)}
+        grads = {"linear.weight": dW, "linear.bias": db, "norm.weight": dg, "norm.bias": dbeta}
         for name, p in [("linear.weight", linear.weight), ("linear.bias", linear.bias),
                         ("norm.weight", norm.weight), ("norm.bias", norm.bias)]:
             np.testing.assert_allclose(p.grad, grads[name], rtol=1e-10, atol=1e-12, err_msg=name)

@@ -1,15 +1,15 @@
 """AdamW, the warmup + cosine schedule, global-norm clipping, and resuming an optimizer.
 
-AdamW is checked against a reference written here from the paper / PyTorch docs, one parameter
-at a time in float64 (bias-corrected moments, eps added after the square root, decoupled
-weight decay), and against torch.optim.AdamW where PyTorch is installed.
+AdamW is checked against the textbook's (numpyvit.reference.adamw_step: the paper / PyTorch docs,
+one parameter at a time in float64, bias-corrected moments, eps added after the square root,
+decoupled weight decay), and against torch.optim.AdamW where PyTorch is installed.
 """
 import math
 
 import numpy as np
 import pytest
 
-from numpyvit import AdamW, CrossEntropyLoss, VisionTransformer, clip_grad_norm, warmup_cosine
+from numpyvit import AdamW, CrossEntropyLoss, VisionTransformer, clip_grad_norm, reference, warmup_cosine
 from numpyvit.layers import Parameter
 
 LR, BETAS, EPS, WD = 3e-3, (0.9, 0.98), 1e-8, 0.1
@@ -28,28 +28,13 @@ def decayed_by_default(name, shape):
 
 
 def adamw_reference(initial, grads_per_step, decayed, lr=LR, betas=BETAS, eps=EPS, weight_decay=WD):
-    """Loshchilov & Hutter's AdamW as written in PyTorch's docs, one parameter at a time:
-        theta <- theta - lr * wd * theta                     (decayed parameters only)
-        m <- b1 m + (1 - b1) g;   v <- b2 v + (1 - b2) g^2
-        m_hat = m / (1 - b1^t);   v_hat = v / (1 - b2^t)
-        theta <- theta - lr * m_hat / (sqrt(v_hat) + eps)
-    """
-    b1, b2 = betas
-    result = {}
-    for name, theta in initial.items():
-        theta = theta.astype(np.float64).copy()
-        m, v = np.zeros_like(theta), np.zeros_like(theta)
-        for t, grads in enumerate(grads_per_step, start=1):
-            g = grads[name]
-            if decayed[name]:
-                theta = theta - lr * weight_decay * theta
-            m = b1 * m + (1 - b1) * g
-            v = b2 * v + (1 - b2) * g * g
-            m_hat = m / (1 - b1 ** t)
-            v_hat = v / (1 - b2 ** t)
-            theta = theta - lr * m_hat / (np.sqrt(v_hat) + eps)
-        result[name] = theta
-    return result
+    """numpyvit.reference.adamw_step (Loshchilov & Hutter's AdamW as written in PyTorch's docs,
+    one parameter at a time, in float64), with ``decayed`` {name: bool} for the decay rule."""
+    params, state = {name: theta.astype(np.float64) for name, theta in initial.items()}, {}
+    for grads in grads_per_step:
+        reference.adamw_step(params, grads, state, lr, betas, eps, weight_decay,
+                             decayed=lambda name, value: decayed[name])
+    return params
 
 
 def train_and_record(model, opt, rng, steps=STEPS):

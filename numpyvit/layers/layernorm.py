@@ -1,22 +1,28 @@
 """Layer normalization over the last axis (timm's eps 1e-6).
+Implements numpyvit.reference.layernorm_forward / layernorm_backward (docs/math.md, section 4).
 
-Shapes: x, y (..., D); weight g and bias b (D,).
+Shapes: x, y (..., D), read as M = x.size / D rows of D; weight g and bias beta (D,).
 
-Forward:   mu = mean(x),  rstd = 1 / sqrt(mean((x - mu)^2) + eps)
-           xhat = (x - mu) * rstd,  y = xhat * g + b
-Backward:  dg += sum(dy * xhat),  db += sum(dy)             (summed over all leading axes)
+Forward, each row on its own (mean(.) is the mean over that row's D values):
+           mu = mean(x),  rstd = 1 / sqrt(mean((x - mu)^2) + eps)
+           xhat = (x - mu) * rstd,  y = xhat * g + beta
+Backward:  dg += sum over all M rows of dy * xhat,  dbeta += sum over all M rows of dy   (each (D,))
            dxhat = dy * g
-           dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
+           dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))    (means per row again)
 Caches: xhat (..., D) and rstd (..., 1): x and mu are not needed again, because the
 backward formula is written in terms of the normalized input.
 
-``normalize(x)`` returns xhat alone, for a Linear that folds g and b into its own weights
-(``Linear.forward(xhat, affine=norm)``: (xhat g + b) W^T = xhat (W diag g)^T + W b, which costs
-O(D x out) per step instead of two passes over every activation, and the Linear then also
-computes dg and db). Its backward takes dxhat, the gradient of xhat, and skips the dg / db sums.
-Folding pays when the activations outnumber the weights' rows (M >= out): it reads and writes W
-a few times per call, where applying g and b costs two passes over the (M, D) activations
-(cheap ones: done while each piece of rows is in cache). ``for_linear`` picks the cheaper.
+Speed: folding g and beta into the next Linear (W (out, D), b). ``normalize(x)`` returns xhat
+alone, and the Linear multiplies it by W' = W diag(g) with bias b' = b + W beta (``folded``):
+(xhat diag(g) + beta) W^T + b = xhat W'^T + b'. That costs O(D x out) per call instead of two
+passes over every activation. The Linear's backward gives dxhat = dy W', dW' = dy^T xhat and
+db' = sum over rows of dy (out,); by the chain rule (``folded_backward``)
+           dW = dW' diag(g) + outer(db', beta),   db = db',
+           dg[i] = sum_o dW'[o, i] W[o, i],   dbeta = W^T db'.
+The backward of ``normalize`` takes dxhat and skips the dg / dbeta sums. Folding pays when the
+activations outnumber the weights' rows (M >= out): it reads and writes W a few times per call,
+where applying g and beta costs two passes over the (M, D) activations (cheap ones: done while
+each piece of rows is in cache). ``for_linear`` picks the cheaper.
 """
 import numpy as np
 
@@ -47,6 +53,20 @@ class LayerNorm(Module):
         if x.size // x.shape[-1] >= linear.out_features:
             return self.normalize(x), self
         return self.forward(x), None
+
+    def folded(self, W, b):
+        """(W', b') = (W diag(g), b + W beta): a following Linear's weight (out, D) and bias (or
+        None) with this LayerNorm's g and beta folded in."""
+        return W * self.weight.data, W @ self.bias.data + (0 if b is None else b)
+
+    def folded_backward(self, dW, db, W):
+        """The folded product's gradients dW' (out, D) and db' (out,) -> dW (out, D), the Linear's own
+        weight gradient; accumulates dg and dbeta on the way (see the module docstring)."""
+        self.weight.accumulate(col_sum(dW * W))                      # dg[i] = sum_o dW'[o, i] W[o, i]
+        self.bias.accumulate(db @ W)                                 # dbeta = W^T db'
+        dW *= self.weight.data
+        dW += array_module(dW).outer(db, self.bias.data)            # dW = dW' diag(g) + outer(db', beta)
+        return dW
 
     def _normalize(self, x, affine):
         xp, D = array_module(x), self.dim

@@ -1,4 +1,5 @@
 """Linear (fully connected) layer: one GEMM over all tokens.
+Implements numpyvit.reference.linear_forward / linear_backward (derived in docs/math.md, section 1).
 
 Shapes: x (..., in) -> y (..., out); the weight is (out, in) as in PyTorch/timm.
 
@@ -8,20 +9,15 @@ Backward:  dx = dy W                 (..., in)
            db += sum(dy)             (out,)
 Caches: x (a reference, not a copy) for dW.
 
-With ``affine`` (a LayerNorm whose ``normalize`` produced x = xhat), the layer computes
-y = (xhat g + beta) W^T + b without the pass that applies g and beta to every activation:
-           y = xhat W'^T + b',   W' = W diag(g),  b' = b + W beta          (O(out x in) per call)
-Backward:  dxhat = dy W',  dW' = dy^T xhat,  db' = sum(dy), and by the chain rule
-           dW = dW' diag(g) + db' beta^T,   db = db',
-           dg[i] = sum_o dW'[o, i] W[o, i],   dbeta = db' W          (added to the LayerNorm's grads)
-
-The leading axes (batch, tokens) are flattened to one axis M so each product is a single
-(M, in) x (in, out) matrix multiply, the shape BLAS is fastest at (``matmul`` is ``@``,
-spread over the CPU cores by numpyvit.parallel).
+Speed: the leading axes (batch, tokens) are flattened to one axis M so each product is a single
+(M, in) x (in, out) matrix multiply, the shape BLAS is fastest at (``matmul`` is ``@``, spread
+over the CPU cores by numpyvit.parallel). With ``affine`` (a LayerNorm whose ``normalize``
+produced x = xhat) the LayerNorm's g and beta are folded into W and b, and the LayerNorm turns
+the folded product's gradients back into its own and this layer's (LayerNorm.folded and
+folded_backward, where that math is written out).
 """
 import numpy as np
 
-from ..backend import array_module
 from ..parallel import matmul
 from .base import Module, new_parameter, trunc_normal
 from .reductions import col_sum
@@ -50,8 +46,7 @@ class Linear(Module):
         x2 = x.reshape(-1, self.in_features)                        # (M, in)
         W, b = self._matrix(), None if self.bias is None else self.bias.data
         if affine is not None:
-            b = W @ affine.bias.data + (0 if b is None else b)                 # b' = b + W beta
-            W = W * affine.weight.data                                         # W' = W diag(g)
+            W, b = affine.folded(W, b)                                         # W' = W diag(g), b' = b + W beta
         y = matmul(x2, W.T, b)                                       # (M, out)
         self._save_for_backward(x2, W, affine)
         return y.reshape(*x.shape[:-1], self.out_features)
@@ -65,12 +60,8 @@ class Linear(Module):
             return dx.reshape(*dy.shape[:-1], self.in_features)     # all frozen: no weight gradients
         dW = matmul(dy2.T, x2)                                       # (out, in)
         db = col_sum(dy2) if self.bias is not None or affine is not None else None
-        if affine is not None:                                       # W, b were W', b'
-            W, g = self._matrix(), affine.weight.data
-            affine.weight.accumulate(col_sum(dW * W))                # dg = sum over o of dW' * W
-            affine.bias.accumulate(db @ W)                           # dbeta = db' W
-            dW *= g
-            dW += array_module(dW).outer(db, affine.bias.data)       # dW = dW' diag(g) + db' beta^T
+        if affine is not None:                                       # W, b were W', b': dg, dbeta, and dW
+            dW = affine.folded_backward(dW, db, self._matrix())      # from dW', db' (LayerNorm's formulas)
         self.weight.accumulate(dW.reshape(self.weight.shape))
         if self.bias is not None:
             self.bias.accumulate(db)
