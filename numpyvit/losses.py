@@ -1,4 +1,5 @@
 """Softmax cross-entropy with label smoothing, averaged over the batch.
+Implements numpyvit.reference.cross_entropy_forward / cross_entropy_backward (docs/math.md, section 10).
 
 Shapes: logits z (B, K), integer labels y (B,).
 
@@ -6,7 +7,7 @@ Forward:   log p = z - logsumexp(z)          (stable: logsumexp(z) = m + log sum
            q = (1 - eps) * onehot(y) + eps / K        the smoothed target
            loss = -(1/B) * sum_b sum_k q[b, k] * log p[b, k]
 Backward:  dz = (p - q) / B * dloss
-Caches: p (B, K) and the labels.
+Caches: log p (B, K) and the labels (the backward takes p = exp(log p)).
 """
 import numpy as np
 

@@ -1,14 +1,20 @@
 """The Vision Transformer (Dosovitskiy et al. 2021, "An Image is Worth 16x16 Words").
+Implements numpyvit.reference.vit_forward / vit_backward (Block: block_forward / block_backward;
+docs/math.md, sections 8 and 12).
 
 Wiring only: every piece of math lives in ``numpyvit.layers``.
 Shapes: B batch, C channels, (H, W) image, N patches, T = 1 + N tokens, D width, K classes.
 
     x (B, C, H, W)
-    -> PatchEmbed                      (B, N, D)       z_0 = [x_p^1 E; ...; x_p^N E]   (eq. 1)
+    -> PatchEmbed                      (B, N, D)       [x_p^1 E + b_E; ...; x_p^N E + b_E]   (eq. 1,
+                                                       with the bias b_E of timm's patch conv)
     -> ClassToken                      (B, T, D)       prepend x_class
-    -> position embedding, dropout     (B, T, D)       + E_pos
+    -> position embedding, dropout     (B, T, D)       z_0 = [x_class; ...] + E_pos          (eq. 1)
     -> L x Block                       (B, T, D)       eqs. 2-3, pre-norm residual blocks
-    -> LayerNorm, pool, head           (B, K)          y = LN(z_L^0) W_head            (eq. 4)
+    -> LayerNorm, pool                 (B, D)          y = LN(z_L^0), the [CLS] row           (eq. 4)
+    -> head                            (B, K)          logits = y W_head^T + b_head
+With global_pool='avg' there is no final LayerNorm before pooling: y = fc_norm(mean of the N
+patch tokens of z_L), then the same head (timm's layout).
 
 backward runs the same stages in reverse, each returning the gradient of its input.
 """

@@ -1,4 +1,5 @@
 """AdamW, the warmup + cosine learning-rate schedule, and global-norm gradient clipping.
+AdamW implements numpyvit.reference.adamw_step (docs/math.md, section 11).
 
 AdamW (Loshchilov & Hutter 2019), with PyTorch's exact semantics, for step t = 1, 2, ...:
     p <- p * (1 - lr * wd)                         decoupled weight decay (skipped if wd = 0)

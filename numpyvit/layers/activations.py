@@ -1,4 +1,5 @@
 """Elementwise activations: GELU (exact and tanh approximation) and ReLU.
+Implements numpyvit.reference.activation_forward / activation_backward (docs/math.md, section 7).
 
 Shapes: x, y any shape (here (B, N, hidden) inside the MLP).
 
@@ -13,7 +14,11 @@ GELU (exact):  f(x) = x * Phi(x),  Phi(x) = (1 + erf(x / sqrt 2)) / 2   (normal 
                In float32, erf(x / sqrt 2) = tanh(x Q(x^2)): numpyvit.special's float32 erf,
                erf(z) = tanh(z P(z^2)), with z = x / sqrt 2 folded into the coefficients,
                Q(s) = P(s / 2) / sqrt 2, so x^2 serves both the polynomial and phi, and no pass
-               scales or clips x (x Q(x^2) >= 6.29 for |x| >= 4.5, where tanh is 1 in float32).
+               scales or clips x. No clip is needed: x Q(x^2) >= 6.29 for every x >= 4.5 (and
+               <= -6.29 for x <= -4.5), and tanh(6.29) = 1 - 6.9e-6 in float32, as close to 1 as
+               the true erf(4.5 / sqrt 2) = 1 - 6.8e-6; float32 tanh returns exactly 1 from 10 on
+               (|x| >= 5.75 here), and past |x| ~ 4360 x Q(x^2) overflows to +-inf, where
+               tanh(+-inf) = +-1, so Phi is still exactly 0 or 1.
                float64 (gradient checks) uses numpyvit.special.erf.
 GELU (tanh):   f(x) = x * (1 + tanh(u)) / 2,  u = sqrt(2/pi) * (x + 0.044715 x^3)
                f'(x) = (1 + t) / 2 + x * (1 - t^2) / 2 * sqrt(2/pi) * (1 + 3 * 0.044715 x^2),  t = tanh(u)

@@ -1,21 +1,25 @@
 """Multi-head scaled dot-product self-attention with one fused qkv projection.
+Implements numpyvit.reference.attention_forward / attention_backward (docs/math.md, sections 5-6).
 
 Shapes: B batch, N tokens, D width, H heads, d = D / H head width.
 
 Forward:   [q, k, v] = split(x Wqkv^T + bqkv)         each (B, H, N, d)
            s = (q / sqrt(d)) k^T                       (B, H, N, N)  scores
            p = softmax(s)  (over the last axis)        attention probabilities
-           o = dropout(p) v                            (B, H, N, d)
+           p' = dropout(p) = p * m / (1 - r)           m a random 0/1 mask, r the attention dropout rate
+           o = p' v                                    (B, H, N, d)
            y = dropout(concat_heads(o) Wproj^T + bproj)   (B, N, D)
-Backward:  dp' = do v^T,  dv = dropout(p)^T do
-           ds = p * (dp - sum(dp * p, axis=-1))        (softmax backward)
-           where sum_j dp_ij p_ij = sum_j (do_i . v_j) p'_ij = do_i . o_i, a sum over d values
-           instead of N (FlashAttention's D_i; it holds with dropout too, as dp p = dp' p')
+Backward:  dp' = do v^T,  dv = p'^T do                 (through o = p' v)
+           dp = dp' * m / (1 - r)                      (dropout's backward; dp = dp' without dropout)
+           ds_ij = p_ij (dp_ij - sum_k dp_ik p_ik)     (softmax backward, row i)
+           where sum_k dp_ik p_ik = sum_k dp'_ik p'_ik = sum_k (do_i . v_k) p'_ik = do_i . o_i,
+           a sum over d values instead of N (FlashAttention's D_i; the first step holds because
+           dp_ik p_ik = dp'_ik (m_ik / (1 - r)) p_ik = dp'_ik p'_ik)
            dq = ds k / sqrt(d),  dk = ds^T (q / sqrt(d))
            then back through the qkv Linear with dqkv = [dq, dk, dv].
-Caches: the qkv output (holding q, k, v as views), q / sqrt(d), p, and o. The cached p
-doubles as the attention map: set ``record = True`` and the forward keeps the last p in
-``recorded`` even in eval mode (numpyvit.viz uses this).
+Caches: the qkv output (holding q, k, v as views), q / sqrt(d), p, p' (p itself without
+dropout) and o. The cached p doubles as the attention map: set ``record = True`` and the
+forward keeps the last p in ``recorded`` even in eval mode (numpyvit.viz uses this).
 ``queries=Q`` computes the output of the first Q tokens only (q and p have Q rows, k and v all N):
 the model's last block uses it when the head reads the [CLS] token alone (numpyvit.model).
 Every image's attention is independent, so the per-image products and the softmax run in
@@ -38,10 +42,12 @@ def softmax(s, out=None):
     softmax(s) = softmax(s - c) for any c constant along a row; subtracting each row's max keeps
     exp from overflowing. NumPy's max over a short last axis is ~30x slower than over a whole
     (N, N) block, and the exp itself is cheaper still, so on the CPU c = 0 is tried first. Where
-    that fails (a row's sum of exp(s) overflows or exceeds 1e30, where 1 / sum loses float32
-    precision, or falls below 1e-20, where exp has lost it), c is each block's max, and rows whose
-    sums still fall below 1e-20 (scores far below their block's max) use their own max. On the GPU
-    the row max is cheap and always used.
+    that fails, c is each block's max: where a row's sum of exp(s) overflows (inf, nan) or lies
+    outside [1e-20, 1e30]. These two bounds are safety margins, far inside the points where
+    float32 loses anything: 1 / sum stays a normal float32 up to sum ~ 8.5e37, and exp(s) only
+    loses precision below ~1.2e-38 (subnormal). Rows whose sums still fall below 1e-20 after the
+    block max (scores far below their block's max) use their own max. On the GPU the row max is
+    cheap and always used.
     """
     xp = array_module(s)
     e = xp.empty_like(s) if out is None else out

@@ -1,10 +1,12 @@
 """The transformer MLP: Linear -> activation -> dropout -> Linear -> dropout.
+Implements numpyvit.reference.mlp_forward / mlp_backward (docs/math.md, section 8).
 
 Shapes: x, y (B, N, D); hidden (B, N, D * mlp_ratio).
 
 Forward:   y = drop(fc2(drop(act(fc1(x)))))
 Backward:  the chain rule through the same layers in reverse; each layer caches its own
-           input (fc1: x, fc2: act's output) and the activation its slope f'(x).
+           input (fc1: x, fc2: the first dropout's output, which is act's output when
+           dropout is off) and the activation its slope f'(x).
 """
 import numpy as np
 

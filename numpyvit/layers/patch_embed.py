@@ -1,4 +1,5 @@
 """Patch embedding: cut the image into non-overlapping P x P patches, project each to D.
+Implements numpyvit.reference.patch_embed_forward / patch_embed_backward (docs/math.md, section 2).
 
 Shapes: B batch, C channels, (H, W) image, (Ph, Pw) patch, (Gh, Gw) = (H/Ph, W/Pw) grid,
 N = Gh * Gw patches, D width.

@@ -1,4 +1,6 @@
 """The [CLS] token and the position embeddings.
+Implements numpyvit.reference.tokens_forward / tokens_backward, position_table and pool_forward
+(docs/math.md, sections 3 and 9).
 
 Shapes: B batch, N patches, T = 1 + N tokens ([CLS] first), D width, (Gh, Gw) patch grid.
 
@@ -9,8 +11,11 @@ Position embeddings add a table E of shape (1, T, D) to every image's tokens:
   learned    E is one learned vector per token (timm's ``pos_embed``, the paper's default)
   learned_2d E[patch (r, c)] = row[r] + col[c], two learned tables (1, Gh, D) and (1, Gw, D);
              by the chain rule drow[r] = sum_c dE[(r, c)], dcol[c] = sum_r dE[(r, c)]
-  sincos     E fixed: for a patch at (r, c), half the channels encode r and half encode c as
-             sin(pos * w_i), cos(pos * w_i), w_i = 10000^(-i / (D/4)) (as in MAE); no gradient
+  sincos     E fixed, no gradient: for the patch in grid row r and column c,
+             E = [sin(r w), cos(r w), sin(c w), cos(c w)], each block D/4 channels, with MAE's
+             frequencies w_i = 10000^(-i / (D/4)), i = 0 .. D/4 - 1: the first half of the
+             channels encodes the row, the second half the column. (MAE's own table puts the
+             column half first; the two differ by swapping the halves.)
 The [CLS] token gets a learned position in 'learned' and none in the 2-D kinds.
 Caches: nothing (the gradients do not depend on the input).
 
