@@ -18,8 +18,10 @@ after ``--warmup`` untimed ones, for ``--repeats`` timed steps in all; the media
 get identical weights (checked: their logits agree) and the same batch. numpyvit uses the cores
 the way numpyvit.tuning measured to be fastest on this machine (printed per config); PyTorch
 uses ``--threads`` threads (default: all cores). Peak memory is each process's peak resident
-set above its size after the imports, plus numpyvit's worker processes less the shared memory
-they map (counted once, in the main process); on a GPU, the memory pool's peak.
+set during the timed steps above its size after the imports (one-off work before them, such as
+numpyvit measuring the machine or torch.compile, is left out), plus numpyvit's worker processes
+less the shared memory they map (counted once, in the main process); on a GPU, the memory pool's
+peak.
 """
 import argparse
 import json
@@ -189,6 +191,7 @@ def main(argv=None):
             print(f"  measured config {key} ({rows[-1]['numpyvit_img_s']:.1f} img/s)", file=sys.stderr, flush=True)
     print_table(rows)
     if args.backend == "numpy":
+        tuning.apply_settings()                                      # (measured in the turns; read here)
         print("\nnumpyvit.tuning on this machine (ms per eval forward of each way, the fastest is used):")
         print("\n".join("  " + line for line in tuning.summary()))
     if args.json:
