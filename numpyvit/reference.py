@@ -10,8 +10,8 @@ Each line of a backward says which forward line it undoes ("in the forward y = .
 The derivations, with shapes, are in docs/math.md; docs/tour.ipynb runs every pair on tiny
 inputs with a gradient check. The fast layers in numpyvit.layers compute exactly this (the tests
 pin them to these functions to 1e-12 in float64), with speed tricks that this file leaves out:
-no threads, no ``out=`` buffers, no folding of LayerNorm into the next product, no [CLS]-only
-last block, softmax always with its row max, GELU through erf in float64.
+no threads, no preallocated output buffers, no merging of LayerNorm into the next product, no
+[CLS]-only last block, softmax always with its row max, GELU through erf in float64.
 
 The whole model (inference mode: no dropout, no stochastic depth):
 

@@ -1,7 +1,7 @@
 """Data: IDX files, MNIST / Fashion-MNIST, image folders and photos, normalized mini-batches and
 augmentation.
 
-    ds = load_dataset("mnist", data_dir="../shared/data")      # finds, verifies or downloads
+    ds = load_dataset("mnist", data_dir="data/")               # finds, verifies or downloads
     aug = RandomAffine(fill=(0 - ds.mean) / ds.std)             # background stays background
     for x, y in iterate_batches(ds.train_images, ds.train_labels, 128, shuffle=True,
                                 rng=rng, augment=aug, mean=ds.mean, std=ds.std, xp=xp):
