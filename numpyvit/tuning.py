@@ -15,7 +15,13 @@ machine, and remembered:
    and a backward for training (the gradients are restored afterwards), and keeps the fastest
    (worker processes only if 5% faster than threads, since they cost memory). When the two fastest
    are within 25%, they are timed three more times each, taking turns, and compared by medians.
-   Batch sizes are rounded to a power of two for this. Where the worker processes' files cannot be
+   Batch sizes are rounded to a power of two for this.
+   What it costs is kept small (``measure``): a step longer than STEP_BUDGET is timed on a slice of
+   the batch (4 images a thread at least), a way clearly slower at its first step is not timed
+   again, and inside ``planned(images)`` (numpyvit.train.fit) measuring takes at most RUN_SHARE of
+   the run's estimated time, or is skipped for a run too short to repay it (then the rule below
+   runs it, and nothing is cached). One line on stderr says when it measures and how long it took;
+   the training loop leaves that time out of its img/s. Where the worker processes' files cannot be
    made in shared memory (numpyvit.workers.SharedMemoryError: no room, as in Docker's 64 MB
    /dev/shm, or not writable), processes are left out of the choice for the rest of the process,
    with a warning, and nothing is cached.
@@ -29,12 +35,15 @@ or numpyvit, measures again.
     NUMPYVIT_TUNING=off                              measure nothing: default sizes, and shards on
                                                      threads when the batch has an image per thread
     NUMPYVIT_THREADS=n                               the number of cores to use
+    NUMPYVIT_TUNING_QUIET=1                          no line on stderr when it measures
 """
 import contextlib
 import json
 import os
 import platform
+import sys
 import threading
+import time
 import warnings
 from pathlib import Path
 
@@ -53,10 +62,19 @@ CACHE_NAME = "tuning.json"
 PROCESS_MARGIN = 1.05    # worker processes are chosen only when this much faster than threads: each
                          # holds an interpreter, and the weights are copied to them every step
 CLOSE_CALL = 1.25        # the two fastest ways within this factor are timed again, taking turns
+STEP_BUDGET = 0.4        # seconds: a workload whose step takes longer is timed on a slice of its batch
+DROP = 2.0               # a way whose first step takes this much longer than the best is timed no more
+MIN_IMAGES_PER_THREAD = 4   # ... but of this many images a thread at least: with fewer, the ways' ranking
+                         # changes (ViT-B at 1 image a thread ranked blas first, 13% slower at 4)
+RUN_SHARE = 0.05         # measuring may cost this share of a planned run's estimated time, at most
+STEPS_TO_MEASURE = 14    # about how many steps measuring takes (4 ways, a close call in turns)
 _forced = PerThread(None)               # a way forced on this thread (measuring, tests)
+_planned = PerThread(None)              # images the run on this thread will process (``planned``)
 _state = dict(settings_applied=False, fingerprint=None)
 _decisions = {}                        # workload key -> strategy, for this process
 _refused = dict(processes=None)        # why worker processes cannot run in this process, if they cannot
+_spent = dict(seconds=0.0)             # time spent measuring in this process
+_said = set()                          # lines printed once
 _lock = threading.RLock()
 
 
@@ -164,6 +182,13 @@ def forced_way():
     return _forced.get() or os.environ.get("NUMPYVIT_PARALLEL")
 
 
+def planned(images):
+    """Inside (a context manager), the run on this thread will push about ``images`` images through
+    the model (numpyvit.train.fit says so): measuring is kept to a small share of that, and skipped
+    for a run too short to repay it."""
+    return _planned.set(images)
+
+
 def refuse_processes(error):
     """Choose no worker processes in this process from now on: ``error`` (a SharedMemoryError) says
     their files cannot be made. Warns once; the other ways need no shared memory."""
@@ -218,44 +243,119 @@ def choose_strategy(model, batch):
     if _decisions.get(key) not in ways:
         entry = machine_entry().get("workloads", {}).get(key)
         if entry is None or entry.get("strategy") not in ways:
-            entry = measure(model, batch, ways, training)
-            if _refused["processes"] is None:                      # (a full /dev/shm is the container's,
-                _update_cache(lambda cache_entry: cache_entry["workloads"].update({key: entry}))   # not the machine's)
+            entry = measure(model, batch, ways, training, key)
+            if _refused["processes"] is None and not entry.get("unmeasured"):   # (a full /dev/shm is the
+                _update_cache(lambda cache_entry: cache_entry["workloads"].update({key: entry}))   # container's)
         _decisions[key] = entry["strategy"]
     return _decisions[key]
 
 
-def measure(model, batch, ways, training):
+def measure(model, batch, ways, training, key=None):
     """Time each way on ``model`` itself with a random batch: a forward, and for a ``training``
     workload a forward and a backward; the fastest wins. Returns {"strategy": fastest,
-    "ms": {way: milliseconds}}."""
+    "ms": {way: milliseconds}, "images": the batch it was timed on, "seconds": what measuring took}.
+
+    What measuring costs stays small next to the work it serves: a workload whose step would take
+    longer than STEP_BUDGET is timed on a slice of its batch (``measuring_batch``), and a way whose
+    first step takes DROP times the best so far is not timed again. One line on stderr says that
+    it measures, and how long it took."""
+    started = time.perf_counter()
+    with _unchanged(model, training):
+        images = measuring_batch(model, batch, ways, training, key)
+        if images is None:                                           # not worth it for this run
+            _spent["seconds"] += time.perf_counter() - started
+            way = rule(batch, parallel.num_threads())
+            _say(f"numpyvit: this run is too short to repay measuring how to use the cores; it runs on {way} "
+                 "(a longer run measures, once)", once=True)
+            return dict(strategy=way, unmeasured=True)
+        _announce(model, batch, training, images)
+        step = _timed_step(model, images, training)
+        times = {}
+        for way in ways:
+            with forced(way):
+                try:
+                    first = best_time(step, 1, warm_up=False)       # starts worker processes
+                except SharedMemoryError as error:
+                    refuse_processes(error)
+                    continue
+                if times and first > DROP * min(times.values()):
+                    times[way] = first                               # clearly slower: no more timing
+                    continue
+                times[way] = best_time(step, 2 if first < 1.0 else 1, warm_up=False)
+        ranked = sorted(times, key=times.get)
+        if len(ranked) > 1 and times[ranked[1]] < CLOSE_CALL * times[ranked[0]]:
+            rounds = 3 if times[ranked[0]] < STEP_BUDGET else 1          # fewer for steps beyond the budget
+            times.update(_in_turns(step, ranked[:2], times, rounds))
+    best = min(times, key=times.get)
+    if best == "processes" and times.get("threads", float("inf")) < PROCESS_MARGIN * times[best]:
+        best = "threads"                                             # close: threads cost no extra memory
+    model.release_shards(keep=best)
+    seconds = time.perf_counter() - started
+    _spent["seconds"] += seconds
+    _say(f"numpyvit: measured in {seconds:.1f} s: {best} (left out of the training's img/s)")
+    return dict(strategy=best, ms={way: round(t * 1e3, 2) for way, t in times.items()}, images=images,
+                seconds=round(seconds, 2))
+
+
+def measuring_batch(model, batch, ways, training, key=None):
+    """The batch size to time the ways on, or None when measuring would not pay. The workload's own
+    batch when its step is estimated to take at most STEP_BUDGET, else the largest multiple of the
+    thread count that fits (MIN_IMAGES_PER_THREAD a thread at least). Inside ``planned(images)``,
+    also small enough that measuring costs at most RUN_SHARE of the run, and None if that smallest
+    slice is already too much. The estimates scale one step of one image a thread (products on BLAS's
+    threads) by the images; that probe is cached under the workload's ``key``."""
+    threads = parallel.num_threads()
+    per_image = machine_entry().get("probes", {}).get(key)
+    if per_image is None:
+        probe = min(batch, threads)
+        with forced(next((way for way in ("blas", "split") if way in ways), ways[-1])):   # no shards to make
+            per_image = best_time(_timed_step(model, probe, training), 1) / probe
+        if key is not None:
+            _update_cache(lambda entry: entry.setdefault("probes", {}).update({key: per_image}))
+    smallest, budget = min(batch, threads * MIN_IMAGES_PER_THREAD), STEP_BUDGET
+    if _planned.get() is not None:
+        budget = min(budget, RUN_SHARE * per_image * _planned.get() / STEPS_TO_MEASURE)
+        if per_image * smallest > budget:
+            return None
+    if per_image * batch <= budget:
+        return batch
+    return max(smallest, min(batch, threads * int(budget / per_image / threads)))
+
+
+def _timed_step(model, images, training):
+    """One forward (and backward, for ``training``) of ``model`` on ``images`` random images."""
     C, (H, W) = model.patch_embed.in_chans, model.patch_embed.img_size
-    x = np.random.default_rng(0).standard_normal((batch, C, H, W)).astype(model.dtype)
-    dlogits = np.full((batch, model.num_classes), 1.0 / batch, dtype=model.dtype)
+    x = np.random.default_rng(0).standard_normal((images, C, H, W)).astype(model.dtype)
+    dlogits = np.full((images, model.num_classes), 1.0 / images, dtype=model.dtype)
 
     def step():
         model.forward(x)
         if training:
             model.backward(dlogits)
+    return step
 
-    times = {}
-    with _unchanged(model, training):
-        for way in ways:
-            with forced(way):
-                try:
-                    warm_up = best_time(step, 1, warm_up=False)     # starts worker processes
-                except SharedMemoryError as error:
-                    refuse_processes(error)
-                    continue
-                times[way] = best_time(step, 2 if warm_up < 1.0 else 1, warm_up=False)
-        ranked = sorted(times, key=times.get)
-        if len(ranked) > 1 and times[ranked[1]] < CLOSE_CALL * times[ranked[0]]:
-            times.update(_in_turns(step, ranked[:2], times))
-    best = min(times, key=times.get)
-    if best == "processes" and times.get("threads", float("inf")) < PROCESS_MARGIN * times[best]:
-        best = "threads"                                             # close: threads cost no extra memory
-    model.release_shards(keep=best)
-    return dict(strategy=best, ms={way: round(t * 1e3, 2) for way, t in times.items()})
+
+def _announce(model, batch, training, images):
+    c = model.config
+    slice_note = f" (timed on {images} of its images)" if images < batch else ""
+    _say(f"numpyvit: measuring how to run this ViT (D {c['embed_dim']}, depth {c['depth']}, {c['img_size']} px, "
+         f"patch {c['patch_size']}) {'training' if training else 'inference'} at batch {batch}{slice_note} on this "
+         f"machine's {parallel.num_threads()} cores, once; cached in {cache_path()}")
+
+
+def _say(line, once=False):
+    """A line on stderr (NUMPYVIT_TUNING_QUIET=1: none); with ``once``, only the first time."""
+    if once and line in _said:
+        return
+    _said.add(line)
+    if os.environ.get("NUMPYVIT_TUNING_QUIET", "0") not in ("1", "true"):
+        print(line, file=sys.stderr, flush=True)
+
+
+def seconds_measuring():
+    """Seconds this process has spent measuring how to run workloads (the training loop leaves
+    them out of its img/s)."""
+    return _spent["seconds"]
 
 
 def _in_turns(step, ways, times, rounds=3):

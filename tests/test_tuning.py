@@ -23,6 +23,8 @@ def tuned(monkeypatch, tmp_path):
     monkeypatch.setattr(tuning, "_refused", dict(processes=None))
     monkeypatch.setattr(tuning, "_state", dict(settings_applied=False, fingerprint=None))
     monkeypatch.setattr(parallel, "settings", parallel.Settings())
+    monkeypatch.setattr(tuning, "_spent", dict(seconds=0.0))
+    monkeypatch.setattr(tuning, "_said", set())
     return tmp_path / tuning.CACHE_NAME
 
 
@@ -179,3 +181,37 @@ def test_a_close_call_is_timed_again_in_turns_and_decided_by_medians():
     again = tuning._in_turns(step, ("threads", "processes"), first)
     assert order == ["threads", "processes"] * 3
     assert again["threads"] < 0.5 and again["processes"] >= 0.02 and again["threads"] < again["processes"]
+
+
+def test_measuring_is_announced_and_its_time_counted(tuned, capsys):
+    model()(images())
+    err = capsys.readouterr().err
+    assert "measuring how to run this ViT (D 8, depth 1, 8 px, patch 4) training at batch 6" in err
+    assert f"cached in {tuned}" in err and "measured in" in err
+    (choice,) = json.loads(tuned.read_text()).popitem()[1]["workloads"].values()
+    assert tuning.seconds_measuring() >= choice["seconds"] > 0 and choice["images"] == 6
+
+
+def test_a_step_over_the_budget_is_timed_on_a_slice_of_the_batch(tuned, monkeypatch):
+    monkeypatch.setattr(tuning, "STEP_BUDGET", 1e-9)                # every step is "too long"
+    m = model()
+    m(images(32))
+    (choice,) = json.loads(tuned.read_text()).popitem()[1]["workloads"].values()
+    assert choice["images"] == 2 * tuning.MIN_IMAGES_PER_THREAD     # two threads, the smallest slice
+    assert m._strategy(32) == choice["strategy"]
+
+
+def test_a_run_too_short_to_repay_measuring_is_not_measured(tuned, monkeypatch, capsys):
+    with tuning.planned(12):                                         # two batches of six, say
+        m = model()
+        m(images())
+        m(images())
+    assert m._strategy(6) == tuning.rule(6, 2)
+    assert capsys.readouterr().err.count("too short to repay measuring") == 1
+    entry = json.loads(tuned.read_text()).popitem()[1]
+    assert not entry["workloads"] and len(entry["probes"]) == 1     # the probe is kept, no choice
+    monkeypatch.setattr(tuning, "_decisions", {})
+    with tuning.planned(10**9):                                      # a long run measures, reusing the probe
+        model()(images())
+    entry = json.loads(tuned.read_text()).popitem()[1]
+    assert len(entry["workloads"]) == 1 and len(entry["probes"]) == 1

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import distributed
+from .. import distributed, tuning
 from ..data import RandomAffine, iterate_batches
 from ..io import CHECKPOINT_NAME
 from ..losses import CrossEntropyLoss
@@ -100,8 +100,10 @@ def _fit(model, dataset, config, out_dir, resume, log, world):
     loop = _Loop(model, dataset, config, train_images, train_labels, optimizer, run_meta, path, progress, world)
     history = dict(config=dict(model=run_meta["config"], train=run_meta["train"], dataset=run_meta["dataset"],
                                data=run_meta["data"]), epochs=state.history)
+    planned = (config.epochs - state.epoch) * (n + len(dataset.test_labels))   # images through the model
     try:
-        with CtrlC() as ctrl_c, np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        with CtrlC() as ctrl_c, np.errstate(over="ignore", invalid="ignore", divide="ignore"), \
+                tuning.planned(planned):
             while state.epoch < config.epochs:
                 if world.any(ctrl_c.requested):          # pressed during an evaluation or a save
                     raise TrainingInterrupted(resume_hint(path, state), path)
@@ -178,7 +180,10 @@ class _Loop:
         carried = world.is_root                                          # rank 0 carries the sums so far
         loss_sum = xp.asarray(state.partial["loss_sum"] if carried else 0.0)
         correct = xp.asarray(state.partial["correct"] if carried else 0)
-        seen, t0 = state.partial["seen"], time.perf_counter()
+        seen, t0, measured0 = state.partial["seen"], time.perf_counter(), tuning.seconds_measuring()
+
+        def training_seconds():                                          # measuring the machine left out
+            return time.perf_counter() - t0 - (tuning.seconds_measuring() - measured0)
         model.train()
         for x, y in batches:
             self.optimizer.lr = warmup_cosine(state.step, self.total_steps, config.lr, self.warmup_steps,
@@ -199,11 +204,11 @@ class _Loop:
                 total_loss, total_correct = world.sum([float(loss_sum), int(correct)])
                 train_loss = self._finite(total_loss / seen, "training", state)
                 self.progress.step(epoch, state.epoch_step, self.steps_per_epoch, train_loss, total_correct / seen,
-                                   (seen - state.partial["seen"]) / (time.perf_counter() - t0), self.optimizer.lr,
+                                   (seen - state.partial["seen"]) / training_seconds(), self.optimizer.lr,
                                    self.eta(state))
             if world.any(ctrl_c.requested):
                 break
-        seconds = state.partial["seconds"] + time.perf_counter() - t0
+        seconds = state.partial["seconds"] + training_seconds()
         total_loss, total_correct = world.sum([float(loss_sum), int(correct)])
         state.partial = dict(loss_sum=total_loss, correct=int(total_correct), seen=seen, seconds=seconds)
         train_loss = self._finite(state.partial["loss_sum"] / seen, "training", state)
