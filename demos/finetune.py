@@ -23,7 +23,9 @@ import numpyvit
 import numpyvit.data
 import numpyvit.distributed
 from numpyvit import VisionTransformer
-from numpyvit.io import load_arrays
+from numpyvit.errors import InputError
+from numpyvit.io import CHECKPOINT_NAME, load_arrays
+from numpyvit.presets import check_config
 from numpyvit.train import TrainConfig, TrainingError, TrainingInterrupted, fit
 from numpyvit.train.config import CLOTHES
 from numpyvit.train.progress import format_duration
@@ -101,11 +103,23 @@ def build(args):
 
 def resume(args):
     """(model, dataset, TrainConfig) of the run saved in --out."""
-    saved = json.loads((Path(args.out) / SETTINGS).read_text())
+    settings = Path(args.out) / SETTINGS
+    try:
+        saved = json.loads(settings.read_text())
+        if not isinstance(saved, dict) or not {"data", "data_dir", "freeze"} <= set(saved):
+            raise ValueError("it lacks data, data_dir or freeze")
+    except (OSError, ValueError) as err:
+        raise InputError(f"{settings} cannot be read ({err}); --resume continues a run that finetune.py started "
+                         "in --out") from None
     _, meta = load_arrays(args.out)
-    model = VisionTransformer(**dict(meta["config"], backend=args.backend or meta["config"]["backend"]))
+    if not all(isinstance(meta.get(key), dict) for key in ("config", "data", "train")):
+        raise InputError(f"{args.out}: the checkpoint's config, data or training settings are missing or damaged")
+    check_config(meta["config"], f"{args.out}: the checkpoint's config")
+    model = VisionTransformer(**dict(meta["config"], backend=args.backend or meta["config"].get("backend")))
     args.data, args.data_dir, args.freeze_backbone = saved["data"], args.data_dir or saved["data_dir"], saved["freeze"]
     data_meta = meta["data"]
+    if "mean" not in data_meta or "std" not in data_meta:
+        raise InputError(f"{args.out}: the checkpoint lacks the images' mean and std")
     ds = load_data(args, model.patch_embed.img_size, model.patch_embed.in_chans, data_meta["mean"], data_meta["std"])
     train = TrainConfig.from_dict(dict(meta["train"], epochs=args.epochs))
     return model, ds, train
@@ -123,6 +137,8 @@ def main(argv=None):
     root = numpyvit.distributed.world().is_root                     # under mpiexec: rank 0 speaks and writes
     say = print if root else (lambda *a, **k: None)
     try:
+        if not args.resume and (out / CHECKPOINT_NAME).exists():      # refused before anything is read or written
+            raise TrainingError(f"{out} already holds a checkpoint: continue it with --resume, or use another --out")
         model, ds, train = resume(args) if args.resume else build(args)
         if args.freeze_backbone:
             freeze_backbone(model)

@@ -9,11 +9,13 @@ import os
 
 import numpy as np
 
+from .errors import InputError
+
 BACKENDS = ("numpy", "cupy")
 ENV_VAR = "NUMPYVIT_BACKEND"
 
 
-class BackendError(ValueError):
+class BackendError(InputError):
     """The requested backend is unknown or cannot run on this machine."""
 
 

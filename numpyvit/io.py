@@ -2,8 +2,9 @@
 
 A file holds named arrays plus one JSON document of metadata (stored as bytes under the
 key ``__meta__``): the model's config, and for a training checkpoint the epoch, history and
-random-generator states. Loading uses ``numpy.load(allow_pickle=False)``, so a file can never
-run code; a file holding pickled objects is refused.
+random-generator states. Loading (``read_npz``) reads each array's .npy header before its data and never unpickles,
+so a file can never run code (one holding pickled objects is refused) and a hostile one cannot
+make numpyvit allocate what its header claims.
 
 Writes go to a temporary file in the same folder, are flushed to disk, then renamed over
 the target in one step (``os.replace``): a crash mid-write leaves the previous file intact.
@@ -12,21 +13,24 @@ Model weights are stored under ``model.<timm name>`` (e.g. ``model.blocks.0.attn
 """
 import contextlib
 import json
+import math
 import os
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 
 from .backend import backend_name, to_numpy
+from .errors import InputError
 
 META_KEY = "__meta__"
 CHECKPOINT_NAME = "checkpoint.npz"
 FORMAT = "numpyvit-checkpoint-v1"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A checkpoint file is missing, corrupt, unsafe, or belongs to another model."""
 
 
@@ -52,6 +56,63 @@ def atomic_file(path):
         raise
 
 
+def read_npz(path, check=None, error=None):
+    """{name: array} of an .npz archive, read member by member without ``numpy.load``, so that
+    nothing is decompressed or allocated before it is checked: each member's .npy header (dtype,
+    shape) is read first; object arrays (pickles) are refused; the bytes the shape needs, counted
+    in Python integers, must be what the zip entry declares; then ``check({name: (shape, dtype)})``
+    may refuse the file or return the names to read (None: all). ``error`` is the exception class
+    (CheckpointError by default); its message names the file and the member."""
+    error = error or CheckpointError
+    try:
+        with zipfile.ZipFile(path) as archive:
+            headers = {}
+            for info in archive.infolist():
+                headers[_member_name(path, info, error)] = _npy_header(path, archive, info, error)
+            wanted = check({name: h[:2] for name, h in headers.items()}) if check else None
+            return {name: _npy_data(path, archive, name, headers[name], error) for name in (wanted or headers)}
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError, RuntimeError) as err:
+        raise error(f"{path} is corrupt or truncated ({type(err).__name__}: {err})") from None
+
+
+def _member_name(path, info, error):
+    if not info.filename.endswith(".npy"):
+        raise error(f"{path}: member {info.filename!r} is not an .npy array (an .npz holds only arrays)")
+    return info.filename[:-4]
+
+
+def _npy_header(path, archive, info, error):
+    """(shape, dtype, fortran order, header bytes, data bytes) of one member, from its first bytes."""
+    where = f"{path}: array {info.filename[:-4]!r}"
+    with archive.open(info) as f:
+        try:
+            version = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read(f)
+        except (ValueError, SyntaxError, TypeError) as err:
+            raise error(f"{where} has no valid .npy header ({err})") from None
+        offset = f.tell()
+    if dtype.hasobject:
+        raise error(f"{where} holds pickled Python objects; numpyvit never unpickles (allow_pickle=False), so it "
+                    "refuses this file")
+    nbytes = math.prod(shape) * dtype.itemsize                       # exact: Python integers
+    if info.file_size != offset + nbytes:
+        raise error(f"{where}: its header says {dtype} {shape} ({nbytes} bytes) but the archive declares "
+                    f"{info.file_size - offset} bytes of data (corrupt or hostile file)")
+    return tuple(shape), dtype, fortran, offset, nbytes
+
+
+def _npy_data(path, archive, name, header, error):
+    shape, dtype, fortran, offset, nbytes = header
+    array = np.empty(shape, dtype=dtype, order="F" if fortran else "C")
+    with archive.open(name + ".npy") as f:
+        f.read(offset)
+        done = f.readinto(memoryview(array.reshape(-1, order="A")).cast("B")) if nbytes else 0
+    if done != nbytes:
+        raise error(f"{path}: array {name!r} is truncated ({done} of {nbytes} bytes)")
+    return array
+
+
 def save_arrays(path, arrays, meta):
     """Atomically write ``arrays`` ({name: array}, any backend) and ``meta`` (JSON-able)."""
     payload = {name: to_numpy(value) for name, value in arrays.items()}
@@ -72,23 +133,15 @@ def load_arrays(path):
     if magic != b"PK\x03\x04":                                      # every .npz is a zip archive
         raise CheckpointError(f"{path} is not an .npz archive (corrupt, truncated at the start, "
                               "or another format such as a single .npy array)")
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {name: archive[name] for name in archive.files}
-    except ValueError as err:
-        if "Object arrays cannot be loaded" in str(err):
-            raise CheckpointError(f"{path} holds pickled Python objects; numpyvit never unpickles "
-                                  "(allow_pickle=False), so it refuses this file") from err
-        raise CheckpointError(f"{path} is not a readable .npz checkpoint ({err})") from err
-    except (OSError, EOFError, zipfile.BadZipFile, KeyError) as err:
-        raise CheckpointError(f"{path} is corrupt or truncated ({type(err).__name__}: {err}); "
-                              "use an earlier checkpoint or train again") from err
+    arrays = read_npz(path)
     if META_KEY not in arrays:
         raise CheckpointError(f"{path} is an .npz file but not a numpyvit checkpoint (no {META_KEY!r} entry)")
     try:
         meta = json.loads(arrays.pop(META_KEY).tobytes().decode())
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{path} has unreadable metadata ({err})") from err
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        raise CheckpointError(f"{path} has unreadable metadata ({err})") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path} has metadata of the wrong kind ({type(meta).__name__}, not a mapping)")
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path} has format {meta.get('format')!r}, expected {FORMAT!r}")
     return arrays, meta

@@ -23,6 +23,7 @@ import contextlib
 import numpy as np
 
 from .backend import array_module, backend_name, get_xp, tune_allocator
+from .errors import ConfigError, InputError
 from .layers import (Attention, ClassToken, DropPath, Dropout, GlobalPool, LayerNorm,
                      LearnedPositionEmbedding, LearnedPositionEmbedding2D, Module, Mlp,
                      PatchEmbed, SinCosPositionEmbedding2D, Linear)
@@ -34,6 +35,30 @@ from .tuning import choose_strategy, forced_way, refuse_processes
 
 POS_EMBED_KINDS = ("learned", "learned_2d", "sincos")
 SHARDED = {"threads": ThreadShards, "processes": ProcessShards}
+
+
+def check_settings(config):
+    """ConfigError for a VisionTransformer setting of the wrong kind or out of range (the layers
+    check what depends on several settings, e.g. embed_dim divisible by num_heads)."""
+    def number(value):
+        return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) \
+            and np.isfinite(value)
+
+    if config["pos_embed"] not in POS_EMBED_KINDS:
+        raise ConfigError(f"pos_embed must be one of {', '.join(POS_EMBED_KINDS)}, got {config['pos_embed']!r}")
+    for name in ("in_chans", "num_classes", "embed_dim", "depth", "num_heads"):
+        value = config[name]
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    if not number(config["mlp_ratio"]) or config["mlp_ratio"] <= 0:
+        raise ConfigError(f"mlp_ratio must be a positive number, got {config['mlp_ratio']!r}")
+    for name in ("drop_rate", "attn_drop_rate", "drop_path_rate"):
+        if not number(config[name]) or not 0 <= config[name] < 1:
+            raise ConfigError(f"{name} must be a number in [0, 1), got {config[name]!r}")
+    if not isinstance(config["qkv_bias"], (bool, np.bool_)):
+        raise ConfigError(f"qkv_bias must be True or False, got {config['qkv_bias']!r}")
+    if not isinstance(config["seed"], (int, np.integer)) or isinstance(config["seed"], bool) or config["seed"] < 0:
+        raise ConfigError(f"seed must be a non-negative integer, got {config['seed']!r}")
 
 
 class Block(Module):
@@ -100,23 +125,40 @@ class VisionTransformer(Module):
                  depth=12, num_heads=12, mlp_ratio=4.0, qkv_bias=True, drop_rate=0.0,
                  attn_drop_rate=0.0, drop_path_rate=0.0, pos_embed="learned", global_pool="token",
                  act="gelu", dtype="float32", backend=None, seed=0, init=True):
+        try:
+            known_dtype = np.dtype(dtype) in (np.float32, np.float64)
+        except TypeError:
+            known_dtype = False
+        if not known_dtype:
+            raise ConfigError(f"dtype must be float32 or float64, got {dtype!r}")
         self.config = dict(
             img_size=img_size, patch_size=patch_size, in_chans=in_chans, num_classes=num_classes,
             embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
             qkv_bias=qkv_bias, drop_rate=drop_rate, attn_drop_rate=attn_drop_rate,
             drop_path_rate=drop_path_rate, pos_embed=pos_embed, global_pool=global_pool, act=act,
             dtype=np.dtype(dtype).name, backend=backend_name(backend), seed=seed)
-        if np.dtype(dtype) not in (np.float32, np.float64):
-            raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
-        if pos_embed not in POS_EMBED_KINDS:
-            raise ValueError(f"pos_embed must be one of {', '.join(POS_EMBED_KINDS)}, got {pos_embed!r}")
-        for name in ("in_chans", "num_classes", "embed_dim", "depth", "num_heads"):
-            if not isinstance(self.config[name], (int, np.integer)) or self.config[name] < 1:
-                raise ValueError(f"{name} must be a positive integer, got {self.config[name]!r}")
-        self.xp = xp = get_xp(backend)
+        check_settings(self.config)
+        try:
+            self._build(init)
+        except InputError:                                           # already says what was wrong
+            raise
+        except (ValueError, TypeError) as err:                      # a layer refused a setting
+            raise ConfigError(str(err)) from None
+        self.seed(seed)
+
+    def _build(self, init):
+        """Make the layers of ``self.config`` (see the class docstring)."""
+        c = self.config
+        img_size, patch_size, in_chans, num_classes, depth = (c["img_size"], c["patch_size"], c["in_chans"],
+                                                              c["num_classes"], c["depth"])
+        embed_dim, num_heads, mlp_ratio, qkv_bias, act = (c["embed_dim"], c["num_heads"], c["mlp_ratio"],
+                                                          c["qkv_bias"], c["act"])
+        drop_rate, attn_drop_rate, drop_path_rate = c["drop_rate"], c["attn_drop_rate"], c["drop_path_rate"]
+        pos_embed, global_pool, seed = c["pos_embed"], c["global_pool"], c["seed"]
+        self.xp = xp = get_xp(c["backend"])
         if xp is np:
             tune_allocator()
-        self.dtype = dtype = np.dtype(dtype)
+        self.dtype = dtype = np.dtype(c["dtype"])
         self.num_classes, self.embed_dim, self.global_pool = num_classes, embed_dim, global_pool
         with initialization(init):                                   # False: no random draws
             rng = np.random.default_rng(seed)
@@ -146,7 +188,6 @@ class VisionTransformer(Module):
             self.fc_norm = LayerNorm(D, **layer_kw) if use_fc_norm else None
             self.head_drop = Dropout(drop_rate, xp=xp)
             self.head = Linear(D, num_classes, rng=rng, **layer_kw)
-        self.seed(seed)
 
     @property
     def stages(self):

@@ -6,6 +6,7 @@ the preset (e.g. ``create_model("vit_base_patch16_224", num_classes=10, backend=
 """
 import difflib
 
+from .errors import ConfigError
 from .model import VisionTransformer
 
 _VIT_SIZES = {  # the ViT paper's Table 1 (and DeiT's tiny/small): width D, depth L, heads
@@ -45,6 +46,7 @@ def create_model(name, weights=None, **overrides):
 
         return create_pretrained(name, weights, **overrides)
     check_preset(name)
+    check_config(overrides, "create_model")
     return VisionTransformer(**{**PRESETS[name], **overrides})
 
 
@@ -59,8 +61,24 @@ def preset_config(name):
 
 
 def check_preset(name):
-    """ValueError naming the closest presets if ``name`` is not one."""
-    if name not in PRESETS:
+    """ConfigError naming the closest presets if ``name`` is not one."""
+    if not isinstance(name, str) or name not in PRESETS:
         close = difflib.get_close_matches(str(name), PRESETS, n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(f"unknown preset {name!r}.{hint} Available: {', '.join(sorted(PRESETS))}")
+        raise ConfigError(f"unknown preset {name!r}.{hint} Available: {', '.join(sorted(PRESETS))}")
+
+
+def check_config(config, source):
+    """ConfigError unless ``config`` is a mapping of VisionTransformer keywords (``source`` says
+    where it came from: a file, create_model's arguments)."""
+    import inspect
+
+    if not isinstance(config, dict):
+        raise ConfigError(f"{source} must be a mapping of VisionTransformer settings, got {type(config).__name__}")
+    known = set(inspect.signature(VisionTransformer).parameters)
+    unknown = sorted(str(key) for key in config if key not in known)
+    if unknown:
+        close = {key: difflib.get_close_matches(key, known, n=1) for key in unknown}
+        hints = "; ".join(f"{key!r}" + (f" (did you mean {close[key][0]!r}?)" if close[key] else "") for key in unknown)
+        raise ConfigError(f"{source}: unknown model setting {hints}. VisionTransformer takes "
+                          f"{', '.join(sorted(known))}")

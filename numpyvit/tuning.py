@@ -52,6 +52,7 @@ import numpy as np
 from . import parallel
 from .calibration import best_time, calibrate_settings
 from .data.datasets import cache_dir
+from .errors import InputError
 from .grad_mode import grad_enabled
 from .io import atomic_file
 from .per_thread import PerThread
@@ -78,7 +79,7 @@ _said = set()                          # lines printed once
 _lock = threading.RLock()
 
 
-class TuningError(ValueError):
+class TuningError(InputError):
     """NUMPYVIT_PARALLEL or NUMPYVIT_TUNING holds a value numpyvit does not know."""
 
 

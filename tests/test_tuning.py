@@ -189,7 +189,7 @@ def test_measuring_is_announced_and_its_time_counted(tuned, capsys):
     assert "measuring how to run this ViT (D 8, depth 1, 8 px, patch 4) training at batch 6" in err
     assert f"cached in {tuned}" in err and "measured in" in err
     (choice,) = json.loads(tuned.read_text()).popitem()[1]["workloads"].values()
-    assert tuning.seconds_measuring() >= choice["seconds"] > 0 and choice["images"] == 6
+    assert tuning.seconds_measuring() >= choice["seconds"] - 0.01 > 0 and choice["images"] == 6   # (rounded)
 
 
 def test_a_step_over_the_budget_is_timed_on_a_slice_of_the_batch(tuned, monkeypatch):

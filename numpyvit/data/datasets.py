@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import InputError
 from .idx import read_idx
 
 FILES = (
@@ -66,7 +67,7 @@ ENV_VAR = "NUMPYVIT_DATA"
 TIMEOUT_S = 30
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(FileNotFoundError, InputError):
     """The dataset files are neither on disk nor downloadable."""
 
 

@@ -18,19 +18,20 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import MissingInputError
 from .datasets import Dataset
-from .images import IMAGE_SUFFIXES, channels_first, load_image, resize_and_crop
+from .images import IMAGE_SUFFIXES, ImageError, channels_first, load_image, resize_and_crop
 
 
 def load_image_folder(root, img_size, channels=3, mean=None, std=None, test_fraction=0.2, crop_pct=0.9, seed=0):
     """A Dataset named ``folder:<root>`` from a folder of class subfolders (see above)."""
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"no image folder at {root}")
+        raise MissingInputError(f"no image folder at {root}")
     splits = [root / "train", root / "val"] if (root / "train").is_dir() and (root / "val").is_dir() else [root]
-    classes = sorted(p.name for p in splits[0].iterdir() if p.is_dir())
+    classes = sorted(p.name for p in splits[0].iterdir() if p.is_dir() or p.is_symlink())
     if len(classes) < 2:
-        raise ValueError(f"{splits[0]} needs one subfolder per class (at least two), found {classes or 'none'}")
+        raise ImageError(f"{splits[0]} needs one subfolder per class (at least two), found {classes or 'none'}")
     files = [_files_by_class(split, classes) for split in splits]
     if len(splits) == 1:                                             # hold out a fraction of each class
         rng = np.random.default_rng(seed)
@@ -39,7 +40,7 @@ def load_image_folder(root, img_size, channels=3, mean=None, std=None, test_frac
             (test if rng.random() < test_fraction else train).append((path, label))
         files = [train, test]
     if not files[0] or not files[1]:
-        raise ValueError(f"{root}: {len(files[0])} training and {len(files[1])} test images; both need some "
+        raise ImageError(f"{root}: {len(files[0])} training and {len(files[1])} test images; both need some "
                          "(add images, or lower test_fraction)")
     size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
     (train_x, train_y), (test_x, test_y) = (_decode(split, size, channels, crop_pct) for split in files)
@@ -50,12 +51,20 @@ def load_image_folder(root, img_size, channels=3, mean=None, std=None, test_frac
 
 
 def _files_by_class(split, classes):
+    """[(image path, label)] of every class subfolder; ImageError for a class without images (an
+    empty folder, one of other files, a link that leads nowhere or in a loop)."""
     found = []
     for label, name in enumerate(classes):
         folder = split / name
-        if not folder.is_dir():
-            raise ValueError(f"{split} has no subfolder {name!r}, which {split.parent / 'train'} has")
-        found += [(p, label) for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
+        try:
+            images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        except OSError as err:                                       # missing, a loop, unreadable
+            raise ImageError(f"class folder {folder} cannot be listed ({err.strerror or err}); every class "
+                             f"folder of {split} must be a readable folder of images") from None
+        if not images:
+            raise ImageError(f"class folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)}): add some, or "
+                             "remove the folder")
+        found += [(p, label) for p in images]
     return found
 
 
@@ -63,7 +72,7 @@ def _decode(files, size, channels, crop_pct):
     """(uint8 (N, C, H, W), int64 (N,)) of the files, resized and center-cropped to size."""
     images = np.empty((len(files), channels, *size), np.uint8)
     for i, (path, _) in enumerate(files):
-        images[i] = channels_first(resize_and_crop(load_image(path, channels), size, crop_pct))
+        images[i] = channels_first(resize_and_crop(load_image(path, channels), size, crop_pct, path))
     return images, np.array([label for _, label in files], np.int64)
 
 
@@ -80,7 +89,7 @@ def resize_dataset(ds, img_size, channels):
                                          for channel in image]) for image in images])
         if images.shape[1] != channels:
             if images.shape[1] != 1:
-                raise ValueError(f"{ds.name} has {images.shape[1]} channels; the model takes {channels}")
+                raise ImageError(f"{ds.name} has {images.shape[1]} channels; the model takes {channels}")
             images = np.repeat(images, channels, axis=1)
         return images
 

@@ -19,6 +19,8 @@ import zlib
 
 import numpy as np
 
+from ..errors import InputError
+
 GZIP_MAGIC = b"\x1f\x8b"
 TYPE_CODES = {  # type code -> big-endian dtype of the stored values
     0x08: np.dtype("u1"),
@@ -32,7 +34,7 @@ _CODE_OF = {dtype.newbyteorder("="): code for code, dtype in TYPE_CODES.items()}
 _SUPPORTED = "uint8, int8, int16, int32, float32, float64"
 
 
-class IDXError(ValueError):
+class IDXError(InputError):
     """A file is not a valid IDX file (or an array cannot be written as one)."""
 
 

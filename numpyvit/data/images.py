@@ -10,13 +10,24 @@ timm's evaluation transform (``timm.data.transforms_imagenet_eval``), step by st
        (0.5 for timm's ViTs and the augreg files, ImageNet's (0.485, 0.456, 0.406) /
        (0.229, 0.224, 0.225) for some others: see ``model.pretrained_cfg``)
 The result is (C, H, W) float32, C = 3 (RGB) or 1 (grayscale, for a one-channel model).
+
+Photos are checked before they cost memory: an image of more than MAX_PIXELS pixels (its size is
+read from the header, before decoding) or one whose resize in step 1 would need more than
+MAX_PIXELS (a 1 x 30000 strip) is refused with an ImageError naming the file, as is anything
+Pillow cannot decode. 16-bit and 32-bit grayscale (modes I;16, I) are scaled to 8 bits by their
+bit depth (65535 -> 255), not clipped, and floating-point images (mode F) by their range
+([0, 1], [0, 255] or [0, 65535]).
 """
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
 
+from ..errors import InputError, MissingInputError
 from .loader import normalize
+
+MAX_PIXELS = 64 * 2**20                # 64 megapixels: 8 x 8 k, far beyond any photo a ViT needs
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 IMAGENET_CLASSES = Path(__file__).with_name("imagenet_classes.txt")   # "<WordNet id>\t<names>" per line
@@ -27,27 +38,61 @@ def imagenet_classes():
     return [line.split("\t", 1)[1] for line in IMAGENET_CLASSES.read_text().splitlines()]
 
 
+class ImageError(InputError):
+    """A photo that cannot be used: not an image, unreadable, too large, or of an unsupported type."""
+
+
 def load_image(path, channels=3):
-    """A Pillow image in RGB (``channels`` 3) or grayscale (1); a clear error for a missing,
-    unreadable or unsupported file."""
+    """A Pillow image in RGB (``channels`` 3) or grayscale (1); an ImageError (MissingInputError
+    for a missing file) for an unreadable, unsupported or oversized one (see above)."""
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
     if path.suffix.lower() not in IMAGE_SUFFIXES:
-        raise ValueError(f"{path}: unsupported image type {path.suffix!r}; use one of {', '.join(IMAGE_SUFFIXES)}")
+        raise ImageError(f"{path}: unsupported image type {path.suffix!r}; use one of {', '.join(IMAGE_SUFFIXES)}")
     if not path.is_file():
-        raise FileNotFoundError(f"no image file at {path}")
+        raise MissingInputError(f"no image file at {path}")
     try:
-        with Image.open(path) as image:
-            return image.convert("RGB" if channels == 3 else "L")
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
-        raise ValueError(f"{path} could not be read as an image ({err})") from err
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                width, height = image.size
+                if width * height > MAX_PIXELS or width * height == 0:
+                    raise ImageError(f"{path} is {width} x {height} pixels; numpyvit reads images of 1 to "
+                                     f"{MAX_PIXELS // 2**20} megapixels (numpyvit.data.images.MAX_PIXELS): shrink it first")
+                return _to_8_bit(image).convert("RGB" if channels == 3 else "L")
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise ImageError(f"{path} has more pixels than numpyvit reads (1 to {MAX_PIXELS // 2**20} megapixels, "
+                         f"numpyvit.data.images.MAX_PIXELS; Pillow: {err})") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        if isinstance(err, ImageError):
+            raise
+        raise ImageError(f"{path} could not be read as an image ({type(err).__name__}: {err})") from None
 
 
-def resize_and_crop(image, img_size, crop_pct=0.9):
-    """Steps 1 and 2 above: a Pillow image of img_size (an int, or (height, width))."""
+def _to_8_bit(image):
+    """Images of more than 8 bits a channel (Pillow modes I;16*, I, F) scaled to 8 bits, mode L."""
     from PIL import Image
 
+    if not (image.mode.startswith("I") or image.mode == "F"):
+        return image
+    pixels = np.asarray(image, dtype=np.float64)
+    if image.mode.startswith("I;16"):
+        full = 65535.0
+    else:                                                            # I (32-bit) and F: by their range
+        top = float(np.nanmax(pixels)) if pixels.size else 0.0
+        full = 1.0 if image.mode == "F" and top <= 1.0 else 255.0 if top <= 255.0 else 65535.0
+    scaled = np.clip(np.nan_to_num(pixels) / full * 255.0, 0, 255)
+    return Image.fromarray(np.rint(scaled).astype(np.uint8), mode="L")
+
+
+def resize_and_crop(image, img_size, crop_pct=0.9, source="the image"):
+    """Steps 1 and 2 above: a Pillow image of img_size (an int, or (height, width)); ImageError if
+    the resize would need more than MAX_PIXELS (``source`` names the image in the message)."""
+    from PIL import Image
+
+    if isinstance(crop_pct, bool) or not isinstance(crop_pct, (int, float)) or not 0.25 <= crop_pct <= 1:
+        raise InputError(f"crop_pct must be a number in [0.25, 1], got {crop_pct!r}")
     out_h, out_w = (img_size, img_size) if isinstance(img_size, int) else img_size
     target_h, target_w = math.floor(out_h / crop_pct), math.floor(out_w / crop_pct)
     w, h = image.size
@@ -56,6 +101,10 @@ def resize_and_crop(image, img_size, crop_pct=0.9):
     else:                                                            # timm's ResizeKeepRatio
         ratio = min(h / target_h, w / target_w)
         size = (round(w / ratio), round(h / ratio))                  # (width, height)
+    if size[0] * size[1] > MAX_PIXELS:
+        raise ImageError(f"{source} is {w} x {h} pixels: covering {target_w} x {target_h} would resize it to "
+                         f"{size[0]} x {size[1]}, more than numpyvit's {MAX_PIXELS // 2**20} megapixels; crop it "
+                         "to a less extreme shape first")
     image = image.resize(size, Image.BICUBIC)
     w, h = image.size
     top, left = int(round((h - out_h) / 2.0)), int(round((w - out_w) / 2.0))
@@ -75,7 +124,7 @@ def to_array(image, mean, std):
 
 def eval_transform(path, img_size, mean, std, crop_pct=0.9, channels=3):
     """The whole transform above for one image file: (C, H, W) float32."""
-    return to_array(resize_and_crop(load_image(path, channels), img_size, crop_pct), mean, std)
+    return to_array(resize_and_crop(load_image(path, channels), img_size, crop_pct, path), mean, std)
 
 
 def prepare_photos(paths, model):
@@ -86,5 +135,5 @@ def prepare_photos(paths, model):
     cfg = dict(VIT_DEFAULTS, **getattr(model, "pretrained_cfg", {}))
     size = model.patch_embed.img_size
     img_size = size[0] if size[0] == size[1] else size
-    crops = [resize_and_crop(load_image(p, model.patch_embed.in_chans), img_size, cfg["crop_pct"]) for p in paths]
+    crops = [resize_and_crop(load_image(p, model.patch_embed.in_chans), img_size, cfg["crop_pct"], p) for p in paths]
     return np.stack([to_array(c, cfg["mean"], cfg["std"]) for c in crops]), np.stack([np.asarray(c) for c in crops])

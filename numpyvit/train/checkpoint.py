@@ -92,8 +92,7 @@ def load_checkpoint(path, model, optimizer, run_meta, rank=0, world_size=1):
     if missing:
         raise CheckpointError(f"{path} holds no training state (missing {', '.join(missing)}): it can be "
                               "loaded with numpyvit.io.load_model, but not resumed")
-    if meta["epoch_step"] and "train.order" not in arrays:
-        raise CheckpointError(f"{path} stops mid-epoch but lacks that epoch's sample order (train.order)")
+    _check_state(path, meta, arrays, run_meta)
     _check_same_run(path, meta, run_meta)
     if meta.get("world_size", 1) != world_size:
         raise CheckpointError(f"{path} was written by a run of {meta.get('world_size', 1)} rank(s); resume it with "
@@ -104,21 +103,22 @@ def load_checkpoint(path, model, optimizer, run_meta, rank=0, world_size=1):
     except ValueError as err:
         raise CheckpointError(f"{path}: {err}") from err
 
-    data_rng = np.random.default_rng()
-    data_rng.bit_generator.state = meta["rng"]["data"]
-    mine = meta["rng"]["ranks"][rank] if world_size > 1 else dict(dropout=meta["rng"]["dropout"], augment=None)
-    augment_rng = None
-    if mine["augment"] is not None:
-        augment_rng = np.random.default_rng()
-        augment_rng.bit_generator.state = mine["augment"]
-    stochastic, dropout = _stochastic(model), mine["dropout"]
+    try:
+        data_rng = _generator(meta["rng"]["data"])
+        mine = meta["rng"]["ranks"][rank] if world_size > 1 else dict(dropout=meta["rng"]["dropout"], augment=None)
+        augment_rng = None if mine["augment"] is None else _generator(mine["augment"])
+        stochastic, dropout = _stochastic(model), mine["dropout"]
+        if meta["epoch_step"] and model.xp is np and dropout is not None and len(dropout) == len(stochastic):
+            for module, rng_state in zip(stochastic, dropout):
+                module.rng.bit_generator.state = rng_state
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError) as err:
+        raise CheckpointError(f"{path}: its random-generator states are damaged ({type(err).__name__}: {err}); "
+                              "resume from an earlier checkpoint or train again") from None
     notes = [f"{key}: {meta['train'][key]!r} in the checkpoint, now {value!r}"
              for key, value in run_meta["train"].items() if meta["train"].get(key) != value]
     if meta["epoch_step"]:
-        if model.xp is np and dropout is not None and len(dropout) == len(stochastic):
-            for module, rng_state in zip(stochastic, dropout):
-                module.rng.bit_generator.state = rng_state
-        else:  # CuPy generators cannot be saved: new masks for the rest of this epoch
+        if not (model.xp is np and dropout is not None and len(dropout) == len(stochastic)):
+            # CuPy generators cannot be saved: new masks for the rest of this epoch
             model.seed(derived_seed(run_meta["train"]["seed"], 3, meta["step"]))
             notes.append("dropout masks for the rest of this epoch differ from the interrupted run's "
                          "(CuPy generator states are not saved)")
@@ -126,6 +126,57 @@ def load_checkpoint(path, model, optimizer, run_meta, rank=0, world_size=1):
                        order=arrays.get("train.order"), partial=meta["partial"], elapsed=meta["elapsed"],
                        history=meta["history"], augment_rng=augment_rng)
     return state, notes
+
+
+def _generator(state):
+    """A NumPy generator in a saved ``bit_generator.state`` (a PCG64 dict)."""
+    if not isinstance(state, dict) or state.get("bit_generator") != "PCG64":
+        raise ValueError(f"not a PCG64 state: {str(state)[:60]}")
+    generator = np.random.default_rng()
+    generator.bit_generator.state = state
+    return generator
+
+
+def _check_state(path, meta, arrays, run_meta):
+    """CheckpointError unless the training state has the kinds and ranges save_checkpoint writes
+    (a hand-edited or damaged one would otherwise fail deep inside training, or train wrongly)."""
+    def bad(what):
+        raise CheckpointError(f"{path}: its training state is damaged ({what}); resume from an earlier "
+                              "checkpoint or train again")
+
+    def count(key):
+        value = meta[key]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            bad(f"{key} must be a whole number >= 0, got {value!r}")
+        return value
+
+    for key in ("config", "train", "data", "rng"):
+        if not isinstance(meta[key], dict):
+            bad(f"{key} must be a mapping, got {type(meta[key]).__name__}")
+    epoch_step = count("epoch_step")
+    count("epoch")
+    count("step")
+    if not isinstance(meta["elapsed"], (int, float)) or isinstance(meta["elapsed"], bool) or meta["elapsed"] < 0:
+        bad(f"elapsed must be seconds >= 0, got {meta['elapsed']!r}")
+    if not isinstance(meta["history"], list) or not all(isinstance(r, dict) for r in meta["history"]):
+        bad("history must be a list of per-epoch records")
+    if not isinstance(meta["data"].get("train_size"), int):
+        bad(f"data.train_size must be a whole number, got {meta['data'].get('train_size')!r}")
+    if not epoch_step:
+        return
+    n, batch = run_meta["data"]["train_size"], run_meta["train"]["batch_size"]
+    if epoch_step >= n // batch:
+        bad(f"epoch_step {epoch_step} is past the {n // batch} steps of an epoch")
+    partial = meta["partial"]
+    if not (isinstance(partial, dict) and all(isinstance(partial.get(k), (int, float)) and not isinstance(partial.get(k), bool)
+                                              for k in ("loss_sum", "correct", "seen", "seconds"))):
+        bad(f"partial must hold the unfinished epoch's loss_sum, correct, seen and seconds, got {partial!r}")
+    order = arrays.get("train.order")
+    if order is None:
+        bad("it stops mid-epoch but lacks that epoch's sample order (train.order)")
+    if order.ndim != 1 or order.dtype.kind not in "iu" or len(order) != n or \
+            not np.array_equal(np.sort(order), np.arange(n)):
+        bad(f"train.order must be an ordering of the {n} training images, got {order.dtype} {order.shape}")
 
 
 def _check_same_run(path, meta, run_meta):

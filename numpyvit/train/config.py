@@ -11,6 +11,8 @@ import dataclasses
 import difflib
 from dataclasses import dataclass
 
+from ..errors import ConfigError
+
 
 @dataclass
 class TrainConfig:
@@ -51,23 +53,31 @@ class TrainConfig:
     limit_train: int | None = None
 
     def __post_init__(self):
+        for name in ("lr", "min_lr", "warmup_epochs", "weight_decay", "label_smoothing", "max_translate",
+                     "max_rotate") + (("clip_norm",) if self.clip_norm is not None else ()):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value != value:
+                raise ConfigError(f"TrainConfig.{name} must be a number, got {value!r}")
+        if not (isinstance(self.scale, (list, tuple)) and len(self.scale) == 2
+                and all(isinstance(s, (int, float)) and not isinstance(s, bool) and s > 0 for s in self.scale)):
+            raise ConfigError(f"TrainConfig.scale must be two positive numbers (min, max zoom), got {self.scale!r}")
         self.scale = tuple(float(s) for s in self.scale)         # JSON gives a list back
         for name in ("epochs", "batch_size", "eval_batch_size", "log_every"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"TrainConfig.{name} must be a positive integer, got {value!r}")
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"TrainConfig.{name} must be a positive integer, got {value!r}")
         if self.limit_train is not None and (not isinstance(self.limit_train, int) or self.limit_train < 1):
-            raise ValueError(f"TrainConfig.limit_train must be a positive integer or None, "
+            raise ConfigError(f"TrainConfig.limit_train must be a positive integer or None, "
                              f"got {self.limit_train!r}")
         if not 0 < self.lr or not 0 <= self.min_lr <= self.lr:
-            raise ValueError(f"need 0 < lr and 0 <= min_lr <= lr, got lr={self.lr}, min_lr={self.min_lr}")
+            raise ConfigError(f"need 0 < lr and 0 <= min_lr <= lr, got lr={self.lr}, min_lr={self.min_lr}")
         if self.warmup_epochs < 0 or self.weight_decay < 0:
-            raise ValueError(f"warmup_epochs and weight_decay must be >= 0, got {self.warmup_epochs} "
+            raise ConfigError(f"warmup_epochs and weight_decay must be >= 0, got {self.warmup_epochs} "
                              f"and {self.weight_decay}")
         if not 0 <= self.label_smoothing < 1:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+            raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.clip_norm is not None and not self.clip_norm > 0:
-            raise ValueError(f"clip_norm must be > 0 or None (no clipping), got {self.clip_norm}")
+            raise ConfigError(f"clip_norm must be > 0 or None (no clipping), got {self.clip_norm}")
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -75,10 +85,12 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values):
         """A TrainConfig from ``to_dict``'s output (e.g. a checkpoint's), refusing unknown keys."""
+        if not isinstance(values, dict):
+            raise ConfigError(f"training settings must be a mapping, got {type(values).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"unknown training settings: {', '.join(unknown)}")
+            raise ConfigError(f"unknown training settings: {', '.join(unknown)}")
         return cls(**values)
 
 
@@ -118,7 +130,7 @@ def recipe(name, dataset="mnist"):
     if name not in RECIPES:
         close = difflib.get_close_matches(name, RECIPES, n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(f"unknown recipe {name!r}.{hint} Available: {', '.join(RECIPES)}")
+        raise ConfigError(f"unknown recipe {name!r}.{hint} Available: {', '.join(RECIPES)}")
     entry = RECIPES[name]
     differs = entry.get("datasets", {}).get(dataset, {})
     return dict(preset=entry["preset"], model=dict(entry["model"], **differs.get("model", {})),

@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import distributed, tuning
+from ..errors import ConfigError
 from ..data import RandomAffine, iterate_batches
 from ..io import CHECKPOINT_NAME
 from ..losses import CrossEntropyLoss
@@ -72,9 +73,9 @@ def _fit(model, dataset, config, out_dir, resume, log, world):
     n, B = len(train_images), config.batch_size
     steps_per_epoch = n // B
     if steps_per_epoch == 0:
-        raise ValueError(f"batch_size {B} is larger than the training set ({n} images)")
+        raise ConfigError(f"batch_size {B} is larger than the training set ({n} images)")
     if B % world.size:
-        raise ValueError(f"batch_size {B} does not split into {world.size} equal shards, one per rank: "
+        raise ConfigError(f"batch_size {B} does not split into {world.size} equal shards, one per rank: "
                          f"use a multiple of {world.size}")
     run_meta = json.loads(json.dumps(dict(        # JSON round trip: compares equal to a loaded one
         config=model.config, train=config.to_dict(), dataset=dataset.name,

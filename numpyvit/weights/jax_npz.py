@@ -23,13 +23,16 @@ timm (and numpyvit) keep Linear weights as (outputs, inputs) and one fused qkv p
     pre_logits/...                             ignored (the optional representation layer)
 
 Names may carry a prefix (e.g. ``opt/target/`` in the training checkpoints); it is found and
-removed. Files are opened with ``allow_pickle=False``: nothing in them can run.
+removed. Every tensor's shape is checked against the table above before its data is read (D from
+the patch kernel, H and d from the first query kernel, F from the first MLP kernel), so a kernel
+stored in another layout is an error, not wrong weights; only the members the model needs are
+read (numpyvit.io.read_npz: never unpickled, sizes checked before anything is decompressed).
 """
-import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from ..io import read_npz
 from .errors import WeightsError
 
 BLOCK = "Transformer/encoderblock_{}/"
@@ -44,28 +47,75 @@ class JaxCheckpointError(WeightsError):
 def read_jax_npz(path):
     """{timm name: array} of an original ViT .npz checkpoint."""
     path = Path(path)
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {name: archive[name] for name in archive.files}
-    except ValueError as err:
-        raise JaxCheckpointError(f"{path}: not a plain .npz of arrays ({err}); numpyvit never unpickles") from err
-    except (OSError, EOFError, zipfile.BadZipFile, KeyError) as err:
-        raise JaxCheckpointError(f"{path} is corrupt or truncated ({type(err).__name__}: {err})") from err
-    return from_jax(arrays, source=str(path))
+
+    def needed(headers):                                             # shapes checked before any data
+        shapes = {name: shape for name, (shape, _) in headers.items()}
+        prefix = _prefix(shapes, path)
+        check_shapes(_strip_prefix(shapes, prefix), path)
+        return [name for name in shapes if name.startswith(prefix) and not name[len(prefix):].startswith("pre_logits/")]
+
+    return from_jax(read_npz(path, check=needed, error=JaxCheckpointError), source=str(path))
 
 
-def _strip_prefix(arrays, source):
+def _prefix(arrays, source):
     prefixes = {name[:-len(root)] for name in arrays for root in ROOTS if name.endswith(root)}
     if len(prefixes) != 1:
         raise JaxCheckpointError(f"{source}: not a JAX ViT checkpoint (no single 'embedding/kernel' entry; "
                                  f"names start {sorted(arrays)[:4]})")
-    prefix = prefixes.pop()
+    return prefixes.pop()
+
+
+def _strip_prefix(arrays, prefix):
     return {name[len(prefix):]: value for name, value in arrays.items() if name.startswith(prefix)}
 
 
+def check_shapes(shapes, source):
+    """JaxCheckpointError naming every tensor whose shape is not the one the table above expects
+    ({JAX name: shape}, prefix removed)."""
+    def dims(name, ndim):
+        shape = shapes.get(name)
+        if shape is None or len(shape) != ndim:
+            raise JaxCheckpointError(f"{source}: {name!r} must have {ndim} dimensions, got "
+                                     f"{'none (missing)' if shape is None else tuple(shape)}")
+        return tuple(shape)
+
+    D = dims("embedding/kernel", 4)[3]
+    T = dims("Transformer/posembed_input/pos_embedding", 3)[1]
+    expected = {"embedding/bias": (D,), "cls": (1, 1, D), "Transformer/posembed_input/pos_embedding": (1, T, D),
+                "Transformer/encoder_norm/scale": (D,), "Transformer/encoder_norm/bias": (D,)}
+    if "head/kernel" in shapes:
+        K = dims("head/kernel", 2)[1]
+        expected.update({"head/kernel": (D, K), "head/bias": (K,)})
+    i = 0
+    while BLOCK.format(i) + "LayerNorm_0/scale" in shapes:
+        block = BLOCK.format(i)
+        width, H, d = dims(block + ATTN + "query/kernel", 3)
+        F = dims(block + "MlpBlock_3/Dense_0/kernel", 2)[1]
+        if width != D or H * d != D:
+            raise JaxCheckpointError(f"{source}: {block + ATTN}query/kernel {(width, H, d)}, expected (D, H, d) "
+                                     f"with D = {D} = H x d (the JAX layout: inputs, heads, head width)")
+        expected.update({block + norm + part: (D,) for norm in ("LayerNorm_0/", "LayerNorm_2/")
+                         for part in ("scale", "bias")})
+        expected.update({f"{block}{ATTN}{qkv}/kernel": (D, H, d) for qkv in ("query", "key", "value")})
+        expected.update({f"{block}{ATTN}{qkv}/bias": (H, d) for qkv in ("query", "key", "value")})
+        expected.update({f"{block}{ATTN}out/kernel": (H, d, D), f"{block}{ATTN}out/bias": (D,),
+                         f"{block}MlpBlock_3/Dense_0/kernel": (D, F), f"{block}MlpBlock_3/Dense_0/bias": (F,),
+                         f"{block}MlpBlock_3/Dense_1/kernel": (F, D), f"{block}MlpBlock_3/Dense_1/bias": (D,)})
+        i += 1
+    missing = [name for name in expected if name not in shapes]
+    if missing:
+        raise JaxCheckpointError(f"{source}: missing tensor {', '.join(map(repr, missing[:6]))}")
+    wrong = [f"{name} {tuple(shapes[name])}, expected {shape}" for name, shape in expected.items()
+             if tuple(shapes[name]) != shape]
+    if wrong:
+        raise JaxCheckpointError(f"{source}: tensors not in the JAX ViT layout (D {D}): " + "; ".join(wrong[:6])
+                                 + (f" (and {len(wrong) - 6} more)" if len(wrong) > 6 else ""))
+
+
 def from_jax(arrays, source="the checkpoint"):
-    """{timm name: array} from {JAX name: array} (see the table above)."""
-    jax = _strip_prefix(arrays, source)
+    """{timm name: array} from {JAX name: array} (see the table above); shapes checked first."""
+    jax = _strip_prefix(arrays, _prefix(arrays, source))
+    check_shapes({name: np.shape(value) for name, value in jax.items()}, source)
     used = set()
 
     def take(name):

@@ -24,12 +24,14 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import ConfigError
 from ..io import META_KEY, CheckpointError, load_arrays, prefixed
 from .errors import WeightsError
 from .jax_npz import read_jax_npz
 from .resample import resample_pos_embed
 from .safetensors import read_safetensors, write_safetensors
 
+MIN_CROP_PCT = 0.25     # a smaller crop would resize a photo to 4x the model's input per side and more
 VIT_DEFAULTS = dict(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), crop_pct=0.9)   # timm's ViT default cfg
 ARCHITECTURE = ("patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio")   # a preset and a file must agree
 
@@ -60,9 +62,39 @@ def read_weights(path):
         state, metadata = read_safetensors(path)
         for key in ("mean", "std", "crop_pct", "classes", "config"):
             if key in metadata:
-                info[key] = json.loads(metadata[key])
+                try:
+                    info[key] = json.loads(metadata[key])
+                except (ValueError, RecursionError) as err:
+                    raise WeightsError(f"{path}: metadata {key!r} is not valid JSON ({err})") from None
     info.update(_timm_config(path))
-    return state, info
+    return state, check_info(info, path)
+
+
+def check_info(info, source):
+    """``info`` with its preprocessing checked: mean and std one or three finite numbers (std > 0),
+    crop_pct in (0, 1], classes a list of strings, config a mapping; WeightsError otherwise."""
+    def numbers(key):
+        value = info[key]
+        values = list(value) if isinstance(value, (list, tuple)) else [value]
+        if not (len(values) in (1, 3) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                              and np.isfinite(v) for v in values)):
+            raise WeightsError(f"{source}: {key} must be one number or three (R, G, B), got {value!r}")
+        return values
+
+    numbers("mean")
+    if min(numbers("std")) <= 0:
+        raise WeightsError(f"{source}: std must be positive, got {info['std']!r}")
+    crop = info["crop_pct"]
+    if isinstance(crop, bool) or not isinstance(crop, (int, float)) or not MIN_CROP_PCT <= crop <= 1:
+        raise WeightsError(f"{source}: crop_pct must be a number in [{MIN_CROP_PCT}, 1] (the share of the resized "
+                           f"image the center crop keeps: 0.875 or 0.9 for timm's ViTs), got {crop!r}")
+    classes = info["classes"]
+    if classes is not None and not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
+        raise WeightsError(f"{source}: classes must be a list of class names (strings), got {str(classes)[:80]}")
+    if info["config"] is not None and not isinstance(info["config"], dict):
+        raise WeightsError(f"{source}: config must be a mapping of VisionTransformer settings, got "
+                           f"{type(info['config']).__name__}")
+    return info
 
 
 def _npz_has(path, name):
@@ -93,9 +125,12 @@ def _timm_config(path):
 def create_pretrained(name, weights, **overrides):
     """See the module docstring; ``overrides`` are VisionTransformer keywords."""
     from ..model import VisionTransformer
-    from ..presets import preset_config
+    from ..presets import check_config, preset_config
 
     state, info = read_weights(weights)
+    if info["config"] is not None:
+        check_config(info["config"], f"{weights}: the file's config")
+    check_config(overrides, "create_model")
     if name is None and info["config"] is None:
         name = guess_preset(state)
         if name is None:
@@ -114,7 +149,10 @@ def create_pretrained(name, weights, **overrides):
     config["num_classes"] = file_classes or config.get("num_classes", 1000)
     config.update(overrides)
     same_classes = config["num_classes"] == file_classes
-    model = VisionTransformer(**config, init=False)
+    try:
+        model = VisionTransformer(**config, init=False)
+    except ConfigError as err:
+        raise WeightsError(f"{weights}: {err}") from None
     state = _adapt(model, state, same_classes, weights)
     try:
         model.load_state_dict(state)

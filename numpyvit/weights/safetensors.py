@@ -10,14 +10,24 @@ The whole layout of a file:
               end of the header, and end - begin = product(shape) x the dtype's size
 
 Reading maps the file into memory (``mmap``), so a 350 MB file is not read twice: a
-float32 tensor is a view of the mapped bytes until the model copies it. Every number in the header
-is checked against the file before any byte is used, and a bad file is refused with an error that
-names the file and the tensor. Nothing in the file is ever executed: the format holds only numbers.
+float32 tensor is a view of the mapped bytes until the model copies it. Every field of the header
+is checked against the file before any byte is used (types, dtypes, exact byte counts in Python
+integers, offsets, overlaps, duplicate names, JSON nesting), and a bad file is refused with a
+SafetensorsError that names the file and the tensor. Nothing in the file is ever executed: the
+format holds only numbers. Not checked: a file changed on disk while arrays read from it are still
+in use (its pages are read lazily; truncating it then ends the process with SIGBUS, as with any
+memory-mapped file).
+
+The parser is numpyvit's own, not Hugging Face's ``safetensors`` package: that package is a
+compiled extension (the core depends on NumPy alone), and it cannot hand NumPy a BF16 tensor.
+The format is small enough to validate completely here, and tests/test_fuzz.py mutates valid files
+byte by byte and field by field to keep it so.
 
 NumPy has no bfloat16: BF16 (the upper 16 bits of a float32) is widened to float32 exactly by
 shifting its bits into place; F16 is widened to float32 too.
 """
 import json
+import math
 import mmap
 from pathlib import Path
 
@@ -32,6 +42,7 @@ DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2", "I64": "<i8",
           "I8": "i1", "U8": "u1", "BOOL": "?"}
 WRITTEN = {np.dtype(v): k for k, v in DTYPES.items() if k != "BF16"}
 MAX_HEADER = 100 * 2**20               # the reference implementation refuses larger headers too
+MAX_NESTING = 64                       # JSON depth: a header is {name: {field: [ints]}}, depth 3
 
 
 class SafetensorsError(WeightsError):
@@ -53,9 +64,15 @@ def read_safetensors(path):
                                    "its length field (truncated, or not a safetensors file)")
         raw = f.read(header_len)
     try:
-        header = json.loads(raw.decode("utf-8"))
+        text = raw.decode("utf-8")
+        if _nesting(text) > MAX_NESTING:
+            raise SafetensorsError(f"{path}: the header nests JSON more than {MAX_NESTING} deep (a safetensors "
+                                   "header is {name: {dtype, shape, data_offsets}})")
+        header = json.loads(text, object_pairs_hook=_unique_keys)
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise SafetensorsError(f"{path}: the header is not valid JSON ({err})") from err
+    except _DuplicateKey as err:
+        raise SafetensorsError(f"{path}: the header names {err.args[0]!r} twice") from None
     if not isinstance(header, dict):
         raise SafetensorsError(f"{path}: the header must be a JSON object, got {type(header).__name__}")
     metadata = header.pop("__metadata__", None) or {}
@@ -77,6 +94,37 @@ def read_safetensors(path):
     return tensors, metadata
 
 
+class _DuplicateKey(Exception):
+    pass
+
+
+def _unique_keys(pairs):
+    """A JSON object as a dict, refusing a key that appears twice (json.loads keeps the last)."""
+    result = {}
+    for key, value in pairs:
+        if key in result:
+            raise _DuplicateKey(key)
+        result[key] = value
+    return result
+
+
+def _nesting(text):
+    """The deepest nesting of [ and { in JSON text, counted outside strings (no recursion)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            escaped, in_string = (False, True) if escaped else (char == "\\", char != '"')
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
+
+
 def _map(path):
     """The file mapped into memory, read-only, as a uint8 array (no copy, no read)."""
     with open(path, "rb") as f:
@@ -88,7 +136,7 @@ def _check_entry(path, name, entry, data_size):
     if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
         raise SafetensorsError(f"{where}: needs exactly dtype, shape and data_offsets, got {entry!r}")
     dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
-    if dtype not in DTYPES:
+    if not isinstance(dtype, str) or dtype not in DTYPES:
         raise SafetensorsError(f"{where}: unknown dtype {dtype!r} (known: {', '.join(DTYPES)})")
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
         raise SafetensorsError(f"{where}: shape must be a list of non-negative integers, got {shape!r}")
@@ -99,7 +147,7 @@ def _check_entry(path, name, entry, data_size):
     if not 0 <= begin <= end <= data_size:
         raise SafetensorsError(f"{where}: data_offsets {offsets} fall outside the {data_size} bytes of data "
                                "(truncated or corrupt file)")
-    expected = int(np.prod(shape, dtype=np.int64)) * np.dtype(DTYPES[dtype]).itemsize
+    expected = math.prod(shape) * np.dtype(DTYPES[dtype]).itemsize     # exact: Python integers
     if end - begin != expected:
         raise SafetensorsError(f"{where}: shape {shape} of {dtype} needs {expected} bytes but data_offsets "
                                f"{offsets} hold {end - begin}")
@@ -117,10 +165,13 @@ def write_safetensors(path, tensors, metadata=None):
     """Write {name: array} (NumPy or CuPy; float64/32/16 and integer dtypes) and optional
     string metadata as a safetensors file, atomically (a temporary file renamed over ``path``)."""
     arrays = {name: np.require(to_numpy(value), requirements="C") for name, value in tensors.items()}
+    arrays = {name: array.astype(array.dtype.newbyteorder("<")) if array.dtype.byteorder == ">" else array
+              for name, array in arrays.items()}                     # big-endian: the same numbers, little-endian
     header, offset = {}, 0
     for name, array in arrays.items():
         if array.dtype not in WRITTEN:
-            raise ValueError(f"write_safetensors: tensor {name!r} has dtype {array.dtype}, which the format lacks")
+            raise SafetensorsError(f"write_safetensors: tensor {name!r} has dtype {array.dtype}; the format holds "
+                                   f"{', '.join(str(np.dtype(d)) for d in WRITTEN)} (convert it, e.g. .astype(float32))")
         header[name] = dict(dtype=WRITTEN[array.dtype], shape=list(array.shape),
                             data_offsets=[offset, offset + array.nbytes])
         offset += array.nbytes
