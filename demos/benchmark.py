@@ -16,7 +16,7 @@ so while one is timed nothing of the other is alive: no numpyvit worker processe
 PyTorch threads spinning. The contestants take turns, ``--block`` timed steps each per round
 after ``--warmup`` untimed ones, for ``--repeats`` timed steps in all; the medians compare. Both
 get identical weights (checked: their logits agree) and the same batch. numpyvit uses the cores
-the way numpyvit.tuning measured to be fastest on this machine (printed per config); PyTorch
+the way numpyvit.engine.tuning measured to be fastest on this machine (printed per config); PyTorch
 uses ``--threads`` threads (default: all cores). Peak memory is each process's peak resident
 set during the timed steps above its size after the imports (one-off work before them, such as
 numpyvit measuring the machine or torch.compile, is left out), plus numpyvit's worker processes
@@ -38,7 +38,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchmark_setup import CONFIGS, build, matmul_flops, synchronizer  # noqa: E402
 import numpyvit  # noqa: E402
-from numpyvit import parallel, tuning  # noqa: E402
+from numpyvit import parallel
+from numpyvit.engine import tuning  # noqa: E402
 from numpyvit.backend import get_xp  # noqa: E402
 
 TURN = Path(__file__).resolve().parent / "benchmark_turn.py"
@@ -192,7 +193,7 @@ def main(argv=None):
     print_table(rows)
     if args.backend == "numpy":
         tuning.apply_settings()                                      # (measured in the turns; read here)
-        print("\nnumpyvit.tuning on this machine (ms per eval forward of each way, the fastest is used):")
+        print("\nnumpyvit.engine.tuning on this machine (ms per eval forward of each way, the fastest is used):")
         print("\n".join("  " + line for line in tuning.summary()))
     if args.json:
         Path(args.json).write_text(json.dumps(dict(ceiling_gflops=ceiling, rows=rows), indent=1))

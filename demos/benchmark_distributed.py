@@ -69,7 +69,7 @@ def main(argv=None):
     if not world.is_root:
         return 0
     print(f"{preset}, global batch {batch}, {world.size} rank(s), {model.num_parameters():,} parameters "
-          f"= {nbytes / 1e6:.1f} MB of gradients per step; cpu: {numpyvit.tuning.cpu_model()}")
+          f"= {nbytes / 1e6:.1f} MB of gradients per step; cpu: {numpyvit.engine.tuning.cpu_model()}")
     print(f"per step: compute {1e3 * seconds_compute:.1f} ms (forward + backward + AdamW on {share} images), "
           f"all-reduce {1e3 * seconds_reduce:.1f} ms; {batch / (seconds_compute + seconds_reduce):.0f} img/s")
     one_machine = seconds_compute * world.size                        # compute of the whole batch on one rank

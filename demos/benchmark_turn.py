@@ -64,13 +64,13 @@ def numpyvit_contestant(args):
         if args.backend == "cupy":
             import cupy
             return cupy.get_default_memory_pool().total_bytes() / 2**20
-        workers = [worker.process.pid for shards in (model._shard_sets or {}).values()
+        workers = [worker.process.pid for shards in model.runner.shard_sets.values()
                    for worker in getattr(shards, "workers", [])]
         # a worker's shared memory (weights, its shard's inputs and gradients) is counted in this process
         return memory_mb("VmHWM") - baseline + sum(memory_mb("VmHWM", pid) - memory_mb("RssShmem", pid)
                                                     for pid in workers)
 
-    way = model._strategy(x.shape[0]) if model.xp is np else "cupy"
+    way = model.runner.strategy(x.shape[0]) if model.xp is np else "cupy"
     return numpyvit_step(model, x, y, training), logits, way, peak_mb, numpyvit.__version__
 
 

@@ -14,7 +14,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchmark_setup import CONFIGS, build, numpyvit_step, synchronizer  # noqa: E402
-from numpyvit import parallel, tuning  # noqa: E402
+from numpyvit import parallel
+from numpyvit.engine import tuning  # noqa: E402
 
 
 def timed_layers(model, sync):

@@ -33,6 +33,7 @@ import traceback
 
 import numpy as np
 
+from . import parallel
 from .backend import array_module
 
 ABORT_DELAY = 0.5      # seconds between printing a failed rank's traceback and aborting the job
@@ -146,8 +147,6 @@ def _share_the_machine(world):
     """Each rank takes cores / (ranks on this machine) threads, BLAS included; a GPU rank takes
     GPU local_rank % GPUs."""
     from mpi4py import MPI
-
-    from . import parallel
 
     local = world.comm.Split_type(MPI.COMM_TYPE_SHARED)
     world.local_rank, world.local_size = local.Get_rank(), local.Get_size()

@@ -6,16 +6,12 @@ random-generator states. Loading (``read_npz``) reads each array's .npy header b
 so a file can never run code (one holding pickled objects is refused) and a hostile one cannot
 make numpyvit allocate what its header claims.
 
-Writes go to a temporary file in the same folder, are flushed to disk, then renamed over
-the target in one step (``os.replace``): a crash mid-write leaves the previous file intact.
+Writes are atomic (numpyvit.files.atomic_file): a crash mid-write leaves the previous file intact.
 
 Model weights are stored under ``model.<timm name>`` (e.g. ``model.blocks.0.attn.qkv.weight``).
 """
-import contextlib
 import json
 import math
-import os
-import tempfile
 import zipfile
 import zlib
 from pathlib import Path
@@ -24,6 +20,8 @@ import numpy as np
 
 from .backend import backend_name, to_numpy
 from .errors import InputError
+from .files import atomic_file
+from .model import VisionTransformer
 
 META_KEY = "__meta__"
 CHECKPOINT_NAME = "checkpoint.npz"
@@ -32,28 +30,6 @@ FORMAT = "numpyvit-checkpoint-v1"
 
 class CheckpointError(InputError):
     """A checkpoint file is missing, corrupt, unsafe, or belongs to another model."""
-
-
-@contextlib.contextmanager
-def atomic_file(path):
-    """A binary file to write ``path`` through: a temporary file in the same folder, flushed to
-    disk and renamed over ``path`` when the block ends without an error, removed otherwise."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)                                    # mkstemp makes it private (0600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def read_npz(path, check=None, error=None):
@@ -168,8 +144,6 @@ def load_model(path, backend=None):
 
 def load_model_and_meta(path, backend=None):
     """(model, metadata) from one read of ``path``; see ``load_model``."""
-    from .model import VisionTransformer
-
     arrays, meta = load_arrays(path)
     if "config" not in meta:
         raise CheckpointError(f"{path} has no model config in its metadata")

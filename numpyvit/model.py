@@ -16,25 +16,20 @@ Shapes: B batch, C channels, (H, W) image, N patches, T = 1 + N tokens, D width,
 With global_pool='avg' there is no final LayerNorm before pooling: y = fc_norm(mean of the N
 patch tokens of z_L), then the same head (timm's layout).
 
-backward runs the same stages in reverse, each returning the gradient of its input.
+backward runs the same stages in reverse, each returning the gradient of its input. How the
+stages run on the machine (shards on threads or processes, split products) is the runner's
+business (``model.runner``: numpyvit.execution, numpyvit.engine), not the model's.
 """
-import contextlib
-
 import numpy as np
 
 from .backend import array_module, backend_name, get_xp, tune_allocator
 from .errors import ConfigError, InputError
-from .layers import (Attention, ClassToken, DropPath, Dropout, GlobalPool, LayerNorm,
-                     LearnedPositionEmbedding, LearnedPositionEmbedding2D, Module, Mlp,
-                     PatchEmbed, SinCosPositionEmbedding2D, Linear)
+from .execution import runner_for
+from .layers import (Block, ClassToken, Dropout, GlobalPool, LayerNorm, LearnedPositionEmbedding,
+                     LearnedPositionEmbedding2D, Linear, Module, PatchEmbed, SinCosPositionEmbedding2D)
 from .layers.base import initialization, new_parameter, trunc_normal
-from .parallel import add_to, num_threads, single_threaded_blas
-from .shards import ThreadShards
-from .workers import ProcessShards, SharedMemoryError
-from .tuning import choose_strategy, forced_way, refuse_processes
 
 POS_EMBED_KINDS = ("learned", "learned_2d", "sincos")
-SHARDED = {"threads": ThreadShards, "processes": ProcessShards}
 
 
 def check_settings(config):
@@ -61,43 +56,6 @@ def check_settings(config):
         raise ConfigError(f"seed must be a non-negative integer, got {config['seed']!r}")
 
 
-class Block(Module):
-    """Pre-norm transformer block:
-        x = x + DropPath(Attn(LN1(x)));   x = x + DropPath(MLP(LN2(x)))
-    Backward of a residual x_out = x + f(x): dx = dy + f'(x)^T dy.
-    Each LayerNorm's weight and bias are folded into the first product of its branch (qkv, fc1)
-    when that is cheaper (LayerNorm.for_linear; the folding is in numpyvit.layers.linear).
-    """
-
-    def __init__(self, dim, num_heads, mlp_ratio=4.0, qkv_bias=True, drop=0.0, attn_drop=0.0,
-                 drop_path=0.0, act="gelu", *, xp=np, dtype=np.float32, rng=None):
-        self.norm1 = LayerNorm(dim, xp=xp, dtype=dtype)
-        self.attn = Attention(dim, num_heads, qkv_bias, attn_drop, drop, xp=xp, dtype=dtype, rng=rng)
-        self.drop_path1 = DropPath(drop_path, xp=xp)
-        self.norm2 = LayerNorm(dim, xp=xp, dtype=dtype)
-        self.mlp = Mlp(dim, int(round(dim * mlp_ratio)), act, drop, xp=xp, dtype=dtype, rng=rng)
-        self.drop_path2 = DropPath(drop_path, xp=xp)
-
-    def forward(self, x, queries=None):
-        """(B, T, D) -> (B, T, D), or (B, Q, D) for the first Q tokens only with ``queries=Q``:
-        a token's output needs the other tokens only as attention's keys and values."""
-        # x + branch(x) is written add_to(branch(x), x): the branch's output is a fresh array
-        # that no layer caches, so x is added into it in place (on all CPU cores)
-        kept = x if queries is None else x[:, :queries]
-        x = add_to(self.drop_path1(self.attn(*self.norm1.for_linear(x, self.attn.qkv), queries)), kept)
-        x = add_to(self.drop_path2(self.mlp(*self.norm2.for_linear(x, self.mlp.fc1))), x)
-        return x
-
-    def backward(self, dy):
-        # dy + branch'(x)^T dy, the same way
-        dy = add_to(self.norm2.backward(self.mlp.backward(self.drop_path2.backward(dy))), dy)
-        dx = self.norm1.backward(self.attn.backward(self.drop_path1.backward(dy)))    # (B, T, D)
-        if dx.shape == dy.shape:
-            return add_to(dx, dy)
-        dx[:, :dy.shape[1]] += dy                                    # the kept tokens' residual
-        return dx
-
-
 class VisionTransformer(Module):
     """A ViT with timm's parameter names and shapes.
 
@@ -118,8 +76,8 @@ class VisionTransformer(Module):
                              loaded right after, e.g. numpyvit.weights); not part of ``config``
     """
 
-    _not_replicated = ("_shard_sets",)                              # see numpyvit.shards.replicate
-    _shard_sets = None
+    _per_model = ("_runner",)            # not copied into shard replicas (numpyvit.engine.shards.replicate)
+    _runner = None
 
     def __init__(self, *, img_size=224, patch_size=16, in_chans=3, num_classes=1000, embed_dim=768,
                  depth=12, num_heads=12, mlp_ratio=4.0, qkv_bias=True, drop_rate=0.0,
@@ -200,47 +158,37 @@ class VisionTransformer(Module):
     def forward(self, x):
         """Logits (B, num_classes) for images x (B, C, H, W)."""
         x = self._check_images(x)
-        strategy = self._strategy(x.shape[0])
-        try:
-            logits = self._run(strategy, "forward", x)
-        except SharedMemoryError as error:                          # worker processes' files cannot be made
-            if forced_way():
-                raise
-            refuse_processes(error)
-            self.release_shards(keep="threads")
-            strategy = self._strategy(x.shape[0])
-            logits = self._run(strategy, "forward", x)
-        self._save_for_backward(logits.shape, strategy)
+        logits, how = self.runner.forward(x)
+        self._save_for_backward(logits.shape, how)
         return logits
 
     def backward(self, dlogits):
         """Gradient of the images (B, C, H, W); fills every parameter's ``grad``."""
-        shape, strategy = self._saved()
+        shape, how = self._saved()
         dlogits = self._to_device(dlogits, "dlogits")
         if tuple(dlogits.shape) != tuple(shape):
             raise ValueError(f"dlogits must have the logits' shape {tuple(shape)}, got {tuple(dlogits.shape)}")
-        return self._run(strategy, "backward", dlogits.astype(self.dtype, copy=False))
+        return self.runner.backward(dlogits.astype(self.dtype, copy=False), how)
 
-    def _run(self, strategy, direction, x):
-        """forward or backward ("forward" / "backward") of all stages, the way ``strategy`` says:
-        over batch shards, or here; BLAS single-threaded except for 'blas' (numpyvit.parallel)."""
-        with contextlib.nullcontext() if strategy == "blas" else single_threaded_blas():
-            if strategy in SHARDED:
-                return getattr(self._shards(strategy), direction)(x)
-            return getattr(self, f"{direction}_stages")(x)
+    @property
+    def runner(self):
+        """What runs the stages on this machine (numpyvit.execution; numpyvit.engine for NumPy)."""
+        if self._runner is None:
+            self._runner = runner_for(self)
+        return self._runner
 
     def forward_stages(self, x):
         """The layers' forward on images already checked (one shard's work).
 
         With global_pool='token' the head reads only the [CLS] token, so the last block computes
-        its output for that token alone (``Block.forward(x, queries=1)``): its keys and values
+        its output for that token alone (``Block.forward(x, first_tokens=1)``): its keys and values
         still come from every token, but its query, attention weights, projection, residual and
         MLP have 1 row instead of T. The logits and every gradient are those of the full
         computation; it saves about 3/4 of one block's work. Recording attention maps turns it off.
         """
         last = self.blocks[-1] if self._cls_only_last_block() else None
         for stage in self.stages:
-            x = stage(x, queries=1) if stage is last else stage(x)
+            x = stage(x, first_tokens=1) if stage is last else stage(x)
         return x
 
     def _cls_only_last_block(self):
@@ -250,30 +198,6 @@ class VisionTransformer(Module):
         for stage in reversed(self.stages):
             dy = stage.backward(dy)
         return dy
-
-    def _strategy(self, batch):
-        """How this forward uses the CPU cores: 'processes', 'threads', 'split' or 'blas'
-        (numpyvit.parallel; chosen by numpyvit.tuning)."""
-        if self.xp is not np or num_threads() == 1:
-            return "blas"
-        if any(getattr(block.attn, "record", False) for block in self.blocks):
-            return "split"                                           # attention maps: one copy of the layers
-        return choose_strategy(self, batch)
-
-    def _shards(self, kind):
-        """One shard of the batch per thread ('threads') or process ('processes'), made on first
-        use (numpyvit.shards, numpyvit.workers)."""
-        if self._shard_sets is None:
-            self._shard_sets = {}
-        key = (kind, num_threads())
-        if key not in self._shard_sets:
-            self._shard_sets[key] = SHARDED[kind](self, num_threads())
-        return self._shard_sets[key]
-
-    def release_shards(self, keep=None):
-        """Stop the worker processes and drop the replicas of every way but ``keep``."""
-        for key in [key for key in (self._shard_sets or {}) if key[0] != keep]:
-            self._shard_sets.pop(key).close()
 
     def _to_device(self, x, what):
         if not hasattr(x, "shape") or not hasattr(x, "dtype"):

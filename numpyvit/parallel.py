@@ -2,12 +2,12 @@
 
 NumPy runs elementwise operations, reductions and stacks of small matrix products on one
 core; only large matrix products (BLAS) use all of them, on BLAS's own thread pool. numpyvit
-uses the other cores in one of four ways, chosen per model and batch by ``numpyvit.tuning``
+uses the other cores in one of four ways, chosen per model and batch by ``numpyvit.engine.tuning``
 from measurements on the machine it runs on:
 
   processes  every core runs the whole model on its slice of the batch, in worker processes
-             (``numpyvit.workers``): two hand-offs a step, no shared interpreter lock;
-  threads    the same shards on threads of this process (``numpyvit.shards``);
+             (``numpyvit.engine.workers``): two hand-offs a step, no shared interpreter lock;
+  threads    the same shards on threads of this process (``numpyvit.engine.shards``);
   split      one thread runs the layers; each large product is cut by rows into one piece per
              thread (``matmul``) and each row-wise pass into cache-sized pieces (``map_rows``);
   blas       like split, but products run on BLAS's own threads (fewer hand-offs for small work).
@@ -36,11 +36,11 @@ from .grad_mode import grad_enabled, set_grad_enabled
 
 @dataclass(frozen=True)
 class Settings:
-    """How work is cut into pieces (numpyvit.tuning measures them per machine)."""
+    """How work is cut into pieces (numpyvit.engine.tuning measures them per machine)."""
 
     chunk_bytes: int = 256 * 1024      # per array, per piece of a row-wise pass
     min_split_work: int = 2**18        # multiply-adds below which a product runs in one piece
-    min_split_elements: int = 2**18    # elements below which multiply / add_to run in one piece
+    min_split_elements: int = 2**18    # elements below which multiply / add_in_place run in one piece
 
 
 settings = Settings()
@@ -191,7 +191,7 @@ def multiply(a, b):
     return out
 
 
-def add_to(out, x):
+def add_in_place(out, x):
     """``out += x`` for arrays of one shape, computed on all cores."""
     xp = array_module(out)
     if not out.flags.c_contiguous:                                   # pieces must be views of out

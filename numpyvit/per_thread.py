@@ -2,7 +2,7 @@
 
 numpyvit's switches are of this kind: the grad mode (``numpyvit.no_grad``), building layers without
 random initialization (``layers.base.initialization``) and the way of using the cores that
-``numpyvit.tuning`` forces while it measures. Per thread, because numpyvit's worker threads run
+``numpyvit.engine.tuning`` forces while it measures. Per thread, because numpyvit's worker threads run
 other work at the same time under the setting of the thread that started them.
 """
 import contextlib

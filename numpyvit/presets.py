@@ -1,10 +1,11 @@
 """Named model configurations: timm's ViT presets and small MNIST models.
 
-``create_model(name, **overrides)`` builds one; any keyword of VisionTransformer overrides
-the preset (e.g. ``create_model("vit_base_patch16_224", num_classes=10, backend="cupy")``), and
-``weights=FILE`` loads published weights into it (numpyvit.weights).
+``numpyvit.create_model(name, **overrides)`` (numpyvit.factory) builds one; any keyword of
+VisionTransformer overrides the preset (e.g. ``create_model("vit_base_patch16_224",
+num_classes=10, backend="cupy")``), and ``weights=FILE`` loads published weights into it.
 """
 import difflib
+import inspect
 
 from .errors import ConfigError
 from .model import VisionTransformer
@@ -37,23 +38,8 @@ PRESETS.update({
 })
 
 
-def create_model(name, weights=None, **overrides):
-    """A VisionTransformer from a preset name, with keyword overrides; with ``weights`` (a
-    safetensors, JAX .npz or numpyvit checkpoint file) filled with those weights, adapting the
-    head, the position embeddings and the input channels as timm does (numpyvit.weights)."""
-    if weights is not None:
-        from .weights.pretrained import create_pretrained
-
-        return create_pretrained(name, weights, **overrides)
-    check_preset(name)
-    check_config(overrides, "create_model")
-    return VisionTransformer(**{**PRESETS[name], **overrides})
-
-
 def preset_config(name):
     """Every VisionTransformer keyword of a preset: the preset's values over the defaults."""
-    import inspect
-
     check_preset(name)
     defaults = {key: p.default for key, p in inspect.signature(VisionTransformer).parameters.items()
                 if p.default is not inspect.Parameter.empty and key != "init"}
@@ -71,8 +57,6 @@ def check_preset(name):
 def check_config(config, source):
     """ConfigError unless ``config`` is a mapping of VisionTransformer keywords (``source`` says
     where it came from: a file, create_model's arguments)."""
-    import inspect
-
     if not isinstance(config, dict):
         raise ConfigError(f"{source} must be a mapping of VisionTransformer settings, got {type(config).__name__}")
     known = set(inspect.signature(VisionTransformer).parameters)

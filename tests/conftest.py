@@ -24,7 +24,7 @@ import pytest
 import numpyvit
 from numpyvit.backend import array_module
 
-# The tests never measure the machine (numpyvit.tuning) unless a test asks for it, and never write
+# The tests never measure the machine (numpyvit.engine.tuning) unless a test asks for it, and never write
 # into the user's cache: without measuring, a batch with an image per thread is sharded on threads.
 os.environ["NUMPYVIT_TUNING"] = "off"
 os.environ["NUMPYVIT_CACHE_DIR"] = tempfile.mkdtemp(prefix="numpyvit-tests-")

@@ -198,7 +198,7 @@ def test_benchmark_prints_its_table(monkeypatch, capsys):
     row = next(line for line in out.splitlines() if line.startswith("a "))
     assert "MNIST-tiny" in row and row.split()[8] in ("processes", "threads", "split", "blas")   # the way
     assert float(row.split()[9]) > 0                                                           # numpyvit img/s
-    from numpyvit.tuning import cpu_model
+    from numpyvit.engine.tuning import cpu_model
     assert f"cpu: {cpu_model()}" in out                                          # the CPU it ran on
 
 

@@ -16,7 +16,7 @@ from numpyvit.data import images as photos
 from numpyvit.data import load_image_folder
 from numpyvit.errors import ConfigError, InputError
 from numpyvit.io import CheckpointError, save_arrays
-from numpyvit.weights import JaxCheckpointError, SafetensorsError, WeightsError, read_jax_npz, read_safetensors
+from numpyvit.weights import JaxCheckpointError, SafetensorsError, read_jax_npz, read_safetensors
 from numpyvit.weights import save_weights, to_jax, write_safetensors
 
 TINY = dict(depth=2, seed=1)                                         # vit_tiny_patch16_224 with 2 blocks

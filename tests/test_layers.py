@@ -26,7 +26,7 @@ from numpyvit.backend import to_numpy
 from numpyvit.layers import (GELU, Attention, BackwardBeforeForwardError, ClassToken, DropPath, Dropout,
                              GELUTanh, GlobalPool, LayerNorm, LearnedPositionEmbedding,
                              LearnedPositionEmbedding2D, Linear, Mlp, Parameter, PatchEmbed, ReLU,
-                             SinCosPositionEmbedding2D, make_activation, softmax)
+                             SinCosPositionEmbedding2D, attention_softmax, make_activation)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -308,7 +308,7 @@ class TestAttention:
                        [500.0, 0.0, -500.0, 499.0]]], dtype=dtype)            # one (N, N) block of scores
         expected = np.exp(s - s.max(axis=-1, keepdims=True).astype(np.float64))
         expected /= expected.sum(axis=-1, keepdims=True)
-        p = softmax(s.copy())
+        p = attention_softmax(s.copy())
         assert p.dtype == dtype and np.isfinite(p).all()
         np.testing.assert_allclose(p, expected, rtol=1e-5 if dtype == np.float32 else 1e-13, atol=1e-30)
 
@@ -324,7 +324,7 @@ class TestAttention:
         expected /= expected.sum(axis=-1, keepdims=True)
         with warnings.catch_warnings():
             warnings.simplefilter("error")
-            p = softmax(s.copy())
+            p = attention_softmax(s.copy())
         assert np.isfinite(p).all()
         np.testing.assert_allclose(p, expected, rtol=1e-5 if dtype == np.float32 else 1e-13, atol=1e-30)
 
@@ -332,7 +332,7 @@ class TestAttention:
         """A nan score makes its (image, head) block nan (its max is nan) and leaves the others."""
         s = np.array([[[0.0, np.nan, 1.0], [0.0, 1.0, 2.0], [5.0, 5.0, 5.0]],
                       [[0.0, 1.0, 2.0], [90.0, 0.0, 0.0], [5.0, 5.0, 5.0]]], dtype=np.float32)
-        p = softmax(s)
+        p = attention_softmax(s)
         assert np.isnan(p[0, 0]).all() and np.isfinite(p[1]).all()
         np.testing.assert_allclose(p[1, 2], 1 / 3, rtol=1e-6)
         np.testing.assert_allclose(p[1, 1], [1, 0, 0], atol=1e-30)
@@ -512,9 +512,9 @@ class TestMlpAndBlock:
     def test_layernorm_then_linear_folded_or_not_is_the_plain_composition(self, rng, perturb, rows):
         norm, linear = perturb(LayerNorm(5, dtype=np.float64)), perturb(Linear(5, 6, dtype=np.float64, rng=rng))
         x, dy = rng.standard_normal((rows, 5)), rng.standard_normal((rows, 6))
-        z, affine = norm.for_linear(x, linear)
-        assert (affine is norm) == (rows >= 6)
-        y = linear(z, affine)
+        z, folded_norm = norm.input_for(x, linear)
+        assert (folded_norm is norm) == (rows >= 6)
+        y = linear(z, folded_norm)
         dx = norm.backward(linear.backward(dy))
         h, norm_cache = reference.layernorm_forward(x, norm.weight.data, norm.bias.data, norm.eps)   # the textbook
         y_plain, linear_cache = reference.linear_forward(h, linear.weight.data, linear.bias.data)

@@ -182,7 +182,7 @@ def test_a_training_step_keeps_the_model_dtype_everywhere(xp, backend, rng, dtyp
     AdamW's state stay in the model's dtype, under NumPy 1.x's promotion rules as under 2.x's
     (1.x widens a float32 0-d array combined with a Python float to float64)."""
     import numpyvit
-    from numpyvit import tuning
+    from numpyvit.engine import tuning
 
     model = small_vit(backend, dtype=dtype, drop_rate=0.1, drop_path_rate=0.1, pos_embed="learned_2d")
     seen = []

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 import numpyvit
-from numpyvit import parallel, tuning
+from numpyvit import parallel
+from numpyvit.engine import tuning
 
 WAYS = ["processes", "threads", "split", "blas"]
 
@@ -53,8 +54,8 @@ def test_every_way_gives_the_same_step(monkeypatch, dtype, rtol, atol, act):
         with tuning.forced(way):
             model = tiny_model(dtype=dtype, act=act)
             results[way] = run_step(model, x, y, steps=3)
-            assert model._strategy(len(y)) == way
-            model.release_shards()
+            assert model.runner.strategy(len(y)) == way
+            model.runner.release()
     for way in WAYS[1:]:
         assert_same(results[way], results["processes"], rtol, atol)
 
@@ -108,13 +109,13 @@ def test_a_failing_worker_names_itself_and_its_traceback(monkeypatch):
     with tuning.forced("processes"):
         model = tiny_model()
         model(x)
-        worker = model._shards("processes").workers[0]
+        worker = model.runner.shards("processes").workers[0]
         worker.send(op="no such command")
-        with pytest.raises(numpyvit.workers.WorkerError, match=r"(?s)worker process \d+ failed.*unknown command"):
+        with pytest.raises(numpyvit.engine.workers.WorkerError, match=r"(?s)worker process \d+ failed.*unknown command"):
             worker.reply()
         worker.process.kill()
         worker.process.wait()
-        with pytest.raises(numpyvit.workers.WorkerError, match="stopped unexpectedly"):
+        with pytest.raises(numpyvit.engine.workers.WorkerError, match="stopped unexpectedly"):
             model(x)
 
 
@@ -125,10 +126,10 @@ def test_worker_processes_stop_and_leave_no_files(monkeypatch, tmp_path):
     with tuning.forced("processes"):
         model = tiny_model()
         model(data()[0])
-    processes = [worker.process for worker in model._shards("processes").workers]
+    processes = [worker.process for worker in model.runner.shards("processes").workers]
     assert len(processes) == 2 and all(p.poll() is None for p in processes)
     assert set(glob.glob("/dev/shm/numpyvit-*")) == before            # unlinked once mapped
-    model.release_shards()
+    model.runner.release()
     assert all(p.wait(timeout=10) == 0 for p in processes)
 
 
@@ -139,14 +140,14 @@ def test_worker_files_hold_gradients_only_when_a_backward_may_follow(monkeypatch
         model = tiny_model()
         with numpyvit.no_grad():
             model(x)
-        (worker,) = model._shards("processes").workers
+        (worker,) = model.runner.shards("processes").workers
         assert not [name for name in worker.io if name.startswith("g")]
         loss = numpyvit.CrossEntropyLoss()
         loss(model(x), y)
         model.backward(loss.backward())
         assert len([name for name in worker.io if name.startswith("g")]) == len(model.parameters())
     assert all(np.isfinite(p.grad).all() for p in model.parameters())
-    model.release_shards()
+    model.runner.release()
 
 
 def test_map_rows_covers_every_row_once(monkeypatch):
@@ -182,10 +183,10 @@ def test_elementwise_helpers_equal_the_operators(monkeypatch):
         np.testing.assert_array_equal(parallel.multiply(a, b > 0), a * (b > 0))
         np.testing.assert_array_equal(parallel.multiply(a, b.T.copy().T), a * b)         # strided input
         out = a.copy()
-        assert parallel.add_to(out, b) is out
+        assert parallel.add_in_place(out, b) is out
         np.testing.assert_array_equal(out, a + b)
         strided = np.zeros((5, 30, 8), np.float32)[..., ::2]         # not contiguous: added in one go
-        parallel.add_to(strided, a)
+        parallel.add_in_place(strided, a)
         np.testing.assert_array_equal(strided, a)
 
 

@@ -12,7 +12,7 @@ import pytest
 
 import numpyvit
 from numpyvit import reference as ref
-from numpyvit import tuning
+from numpyvit.engine import tuning
 from numpyvit.backend import to_numpy
 from numpyvit.layers import LayerNorm
 from numpyvit.model import VisionTransformer
@@ -176,15 +176,15 @@ def folding(mode):
     if mode == "auto":
         yield
         return
-    original = LayerNorm.for_linear
+    original = LayerNorm.input_for
 
     def forced(self, x, linear):
         return (self.normalize(x), self) if mode == "on" else (self.forward(x), None)
-    LayerNorm.for_linear = forced
+    LayerNorm.input_for = forced
     try:
         yield
     finally:
-        LayerNorm.for_linear = original
+        LayerNorm.input_for = original
 
 
 @contextlib.contextmanager
@@ -211,7 +211,7 @@ def pin(xp, variant, way="blas", fold="auto", cls_only=True, batch=4):
     dlogits = rng.standard_normal((batch, 5))
     strategy = tuning.forced(way) if xp is np else contextlib.nullcontext()
     with strategy, folding(fold), all_rows_in_last_block(not cls_only):
-        assert xp is not np or model._strategy(batch) == way
+        assert xp is not np or model.runner.strategy(batch) == way
         logits = model(xp.asarray(x))
         dx = model.backward(xp.asarray(dlogits))
     params = {name: to_numpy(v) for name, v in model.state_dict().items()}
@@ -219,7 +219,7 @@ def pin(xp, variant, way="blas", fold="auto", cls_only=True, batch=4):
     grads, expected_dx = ref.vit_backward(dlogits, cache, input_grad=True)
     differences = [relative_difference(logits, expected), relative_difference(dx, expected_dx)]
     differences += [relative_difference(p.grad, grads[name]) for name, p in model.named_parameters()]
-    model.release_shards()
+    model.runner.release()
     return max(differences)
 
 

@@ -1,4 +1,4 @@
-"""numpyvit.tuning: the way to use the cores is measured once per machine and workload, cached,
+"""numpyvit.engine.tuning: the way to use the cores is measured once per machine and workload, cached,
 and can be forced or switched off; the measuring leaves the model as it was."""
 import errno
 import json
@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 import numpyvit
-from numpyvit import parallel, tuning
+from numpyvit import parallel
+from numpyvit.engine import tuning
 
 
 @pytest.fixture
@@ -45,7 +46,7 @@ def test_the_first_forward_measures_every_way_and_the_cache_remembers(tuned, mon
     assert entry["machine"]["cpu"] == tuning.cpu_model() and entry["machine"]["numpy"] == np.__version__
     assert set(entry["settings"]) >= {"chunk_bytes", "min_split_work", "min_split_elements"}
     (choice,) = entry["workloads"].values()
-    assert set(choice["ms"]) == set(tuning.possible(6, 2)) and choice["strategy"] in choice["ms"]
+    assert set(choice["ms"]) == set(tuning.available_strategies(6, 2)) and choice["strategy"] in choice["ms"]
     fastest = min(choice["ms"], key=choice["ms"].get)
     if fastest == "processes" and choice["ms"]["threads"] < tuning.PROCESS_MARGIN * choice["ms"]["processes"]:
         fastest = "threads"                                          # processes must win by the margin
@@ -56,8 +57,8 @@ def test_the_first_forward_measures_every_way_and_the_cache_remembers(tuned, mon
     monkeypatch.setattr(tuning, "measure", lambda *a: pytest.fail("measured again"))
     second = model()
     np.testing.assert_allclose(second(images()), logits, rtol=1e-5, atol=1e-6)
-    assert second._strategy(6) == choice["strategy"]
-    assert second._strategy(7) == choice["strategy"]                 # batch sizes share a power-of-two bucket
+    assert second.runner.strategy(6) == choice["strategy"]
+    assert second.runner.strategy(7) == choice["strategy"]                 # batch sizes share a power-of-two bucket
 
 
 def test_measuring_leaves_the_model_as_it_was(tuned):
@@ -70,36 +71,36 @@ def test_measuring_leaves_the_model_as_it_was(tuned):
     reference = model(drop_rate=0.2)
     for layer, saved in zip([layer for layer in reference.modules() if hasattr(layer, "rng")], state):
         assert layer.rng.bit_generator.state == saved
-    with tuning.forced(m._strategy(6)):
+    with tuning.forced(m.runner.strategy(6)):
         loss(reference(images()), np.arange(6) % 3)
         reference.backward(loss.backward())
     for p, q in zip(m.parameters(), reference.parameters()):
         np.testing.assert_array_equal(p.grad, q.grad)               # the measuring drew no dropout masks
-    assert len(m._shard_sets or {}) <= 1                             # the slower ways' shards are released
+    assert len(m.runner.shard_sets) <= 1                             # the slower ways' shards are released
 
 
 def test_forced_way_and_switched_off_tuning(tuned, monkeypatch):
     monkeypatch.setattr(tuning, "measure", lambda *a: pytest.fail("measured although told not to"))
     monkeypatch.setenv("NUMPYVIT_PARALLEL", "split")
-    assert model()._strategy(6) == "split"
+    assert model().runner.strategy(6) == "split"
     monkeypatch.setenv("NUMPYVIT_PARALLEL", "processes")
-    assert model()._strategy(1) == "split"                           # one image cannot be sharded
+    assert model().runner.strategy(1) == "split"                           # one image cannot be sharded
     monkeypatch.setenv("NUMPYVIT_PARALLEL", "fastest")
     with pytest.raises(tuning.TuningError, match="NUMPYVIT_PARALLEL must be one of processes, threads, split, blas"):
-        model()._strategy(6)
+        model().runner.strategy(6)
     monkeypatch.delenv("NUMPYVIT_PARALLEL")
     monkeypatch.setenv("NUMPYVIT_TUNING", "off")
-    assert model()._strategy(6) == "threads" and model()._strategy(1) == "split"
+    assert model().runner.strategy(6) == "threads" and model().runner.strategy(1) == "split"
     assert not tuned.exists()
     monkeypatch.setenv("NUMPYVIT_TUNING", "maybe")
     with pytest.raises(tuning.TuningError, match="NUMPYVIT_TUNING must be 'on' or 'off'"):
-        model()._strategy(6)
+        model().runner.strategy(6)
 
 
 def test_one_thread_uses_no_threads_and_measures_nothing(tuned, monkeypatch):
     monkeypatch.setenv("NUMPYVIT_THREADS", "1")
     monkeypatch.setattr(tuning, "measure", lambda *a: pytest.fail("measured with one thread"))
-    assert model()._strategy(64) == "blas"
+    assert model().runner.strategy(64) == "blas"
 
 
 def test_an_unreadable_cache_is_measured_again_and_rewritten(tuned):
@@ -122,7 +123,7 @@ def full_shared_memory(monkeypatch):
     def no_space(fd, offset, length):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    if not hasattr(os, "posix_fallocate") or not numpyvit.workers.SUPPORTED:
+    if not hasattr(os, "posix_fallocate") or not numpyvit.engine.workers.SUPPORTED:
         pytest.skip("worker processes reserve shared memory with posix_fallocate (Linux)")
     monkeypatch.setattr(os, "posix_fallocate", no_space)
     folder = "/dev/shm" if os.path.isdir("/dev/shm") else None
@@ -132,7 +133,7 @@ def full_shared_memory(monkeypatch):
 def test_no_room_in_shared_memory_for_forced_processes_is_a_clear_error(tuned, monkeypatch, full_shared_memory):
     files = full_shared_memory()
     monkeypatch.setenv("NUMPYVIT_PARALLEL", "processes")
-    with pytest.raises(numpyvit.workers.SharedMemoryError,
+    with pytest.raises(numpyvit.engine.workers.SharedMemoryError,
                        match=r"(?s)need a file of .* MB in shared memory .* MB free .*--shm-size"
                              r".*NUMPYVIT_PARALLEL=threads"):
         model()(images())
@@ -143,9 +144,9 @@ def test_an_unwritable_shared_memory_folder_is_a_clear_error(monkeypatch):
     def read_only(*args, **kwargs):
         raise OSError(errno.EROFS, os.strerror(errno.EROFS))
 
-    monkeypatch.setattr(numpyvit.workers.tempfile, "mkstemp", read_only)
-    with pytest.raises(numpyvit.workers.SharedMemoryError, match="cannot make a file in .*Read-only.*NUMPYVIT_PARALLEL"):
-        numpyvit.workers._shared_file(1024)
+    monkeypatch.setattr(numpyvit.engine.workers.tempfile, "mkstemp", read_only)
+    with pytest.raises(numpyvit.engine.workers.SharedMemoryError, match="cannot make a file in .*Read-only.*NUMPYVIT_PARALLEL"):
+        numpyvit.engine.workers._shared_file(1024)
 
 
 def test_no_room_in_shared_memory_means_threads_instead_of_processes(tuned, monkeypatch, full_shared_memory):
@@ -156,7 +157,7 @@ def test_no_room_in_shared_memory_means_threads_instead_of_processes(tuned, monk
     # measuring: processes cannot start, the others are timed, and the choice is not cached on disk
     with pytest.warns(RuntimeWarning, match="goes on without worker processes"):
         np.testing.assert_allclose(model()(images()), expected, rtol=1e-5, atol=1e-6)
-    assert "processes" not in tuning.possible(6, 2) and model()._strategy(6) != "processes"
+    assert "processes" not in tuning.available_strategies(6, 2) and model().runner.strategy(6) != "processes"
     assert not json.loads(tuned.read_text()).popitem()[1]["workloads"]
     # a remembered choice of processes (measured where shared memory was ample) is left for threads
     monkeypatch.setattr(tuning, "_refused", dict(processes=None))
@@ -164,7 +165,7 @@ def test_no_room_in_shared_memory_means_threads_instead_of_processes(tuned, monk
     m = model()
     with pytest.warns(RuntimeWarning, match="goes on without worker processes"):
         np.testing.assert_allclose(m(images()), expected, rtol=1e-5, atol=1e-6)
-    assert ("processes", 2) not in (m._shard_sets or {})
+    assert ("processes", 2) not in m.runner.shard_sets
     assert tuning._decisions and "processes" not in tuning._decisions.values()
     m.backward(np.ones((6, 3), np.float32))                         # on the way the forward used
     assert full_shared_memory() == files
@@ -198,7 +199,7 @@ def test_a_step_over_the_budget_is_timed_on_a_slice_of_the_batch(tuned, monkeypa
     m(images(32))
     (choice,) = json.loads(tuned.read_text()).popitem()[1]["workloads"].values()
     assert choice["images"] == 2 * tuning.MIN_IMAGES_PER_THREAD     # two threads, the smallest slice
-    assert m._strategy(32) == choice["strategy"]
+    assert m.runner.strategy(32) == choice["strategy"]
 
 
 def test_a_run_too_short_to_repay_measuring_is_not_measured(tuned, monkeypatch, capsys):
@@ -206,7 +207,7 @@ def test_a_run_too_short_to_repay_measuring_is_not_measured(tuned, monkeypatch, 
         m = model()
         m(images())
         m(images())
-    assert m._strategy(6) == tuning.rule(6, 2)
+    assert m.runner.strategy(6) == tuning.default_strategy(6, 2)
     assert capsys.readouterr().err.count("too short to repay measuring") == 1
     entry = json.loads(tuned.read_text()).popitem()[1]
     assert not entry["workloads"] and len(entry["probes"]) == 1     # the probe is kept, no choice

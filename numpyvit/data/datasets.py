@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from ..files import cache_dir
 from .idx import read_idx
 
 FILES = (
@@ -108,12 +109,6 @@ def load_dataset(name, data_dir=None, download=True):
     splits = [_check_split(arrays, paths, split) for split in ("train", "t10k")]
     mean, std = MEAN_STD[name]
     return Dataset(name, *splits[0], *splits[1], CLASSES[name], mean, std)
-
-
-def cache_dir():
-    """The per-user download folder: ``$XDG_CACHE_HOME/numpyvit``, else ``~/.cache/numpyvit``."""
-    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(root) / "numpyvit"
 
 
 def search_dirs(data_dir=None):

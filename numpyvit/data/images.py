@@ -27,6 +27,7 @@ import numpy as np
 from ..errors import InputError, MissingInputError
 from .loader import normalize
 
+TIMM_VIT_PREPROCESSING = dict(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), crop_pct=0.9)   # timm's ViT default
 MAX_PIXELS = 64 * 2**20                # 64 megapixels: 8 x 8 k, far beyond any photo a ViT needs
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -130,9 +131,7 @@ def eval_transform(path, img_size, mean, std, crop_pct=0.9, channels=3):
 def prepare_photos(paths, model):
     """(inputs (B, C, H, W) float32, the cropped photos as uint8 (B, H, W[, 3]) for drawing), for a
     model with a ``pretrained_cfg`` (or timm's ViT defaults)."""
-    from ..weights.pretrained import VIT_DEFAULTS
-
-    cfg = dict(VIT_DEFAULTS, **getattr(model, "pretrained_cfg", {}))
+    cfg = dict(TIMM_VIT_PREPROCESSING, **getattr(model, "pretrained_cfg", {}))
     size = model.patch_embed.img_size
     img_size = size[0] if size[0] == size[1] else size
     crops = [resize_and_crop(load_image(p, model.patch_embed.in_chans), img_size, cfg["crop_pct"], p) for p in paths]

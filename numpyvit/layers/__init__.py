@@ -1,7 +1,8 @@
 """The layers of a Vision Transformer, each a Module with forward and a hand-written backward."""
 from .activations import GELU, GELUTanh, ReLU, make_activation
-from .attention import Attention, softmax
+from .attention import Attention, attention_softmax
 from .base import BackwardBeforeForwardError, Module, Parameter
+from .block import Block
 from .dropout import Dropout, DropPath
 from .layernorm import LayerNorm
 from .linear import Linear
@@ -11,8 +12,8 @@ from .tokens import (ClassToken, GlobalPool, LearnedPositionEmbedding, LearnedPo
                      SinCosPositionEmbedding2D)
 
 __all__ = [
-    "Attention", "BackwardBeforeForwardError", "ClassToken", "DropPath", "GlobalPool", "Dropout", "GELU",
+    "Attention", "BackwardBeforeForwardError", "Block", "ClassToken", "DropPath", "GlobalPool", "Dropout", "GELU",
     "GELUTanh", "LayerNorm", "LearnedPositionEmbedding", "LearnedPositionEmbedding2D", "Linear",
     "Mlp", "Module", "Parameter", "PatchEmbed", "ReLU", "SinCosPositionEmbedding2D",
-    "make_activation", "softmax",
+    "make_activation", "attention_softmax",
 ]

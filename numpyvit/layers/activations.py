@@ -53,7 +53,7 @@ class Activation(Module, abc.ABC):
         slope = xp.empty(x.shape, dtype=self.slope_dtype or x.dtype) if grad_enabled() else None
         x2, y2 = x.reshape(-1, x.shape[-1]), y.reshape(-1, x.shape[-1])       # (M, n) views
         s2 = None if slope is None else slope.reshape(x2.shape)
-        map_rows(lambda r: self.evaluate(x2[r], y2[r], None if s2 is None else s2[r]),
+        map_rows(lambda r: self.compute(x2[r], y2[r], None if s2 is None else s2[r]),
                  x2.shape[0], x2.shape[1] * x.itemsize, xp)
         self._save_for_backward(slope)
         return y
@@ -63,14 +63,14 @@ class Activation(Module, abc.ABC):
         return multiply(dy, slope)                                   # dy * slope, on all cores
 
     @abc.abstractmethod
-    def evaluate(self, x, y, slope):
+    def compute(self, x, y, slope):
         """Write f(x) into y and, unless slope is None, f'(x) into slope."""
 
 
 class GELU(Activation):
     """Exact GELU, x * Phi(x) with the erf-based normal CDF (PyTorch's default)."""
 
-    def evaluate(self, x, y, slope):
+    def compute(self, x, y, slope):
         xp, c = array_module(x), x.dtype.type
         if x.dtype == np.float32:
             s = xp.multiply(x, x)                                    # x^2
@@ -95,7 +95,7 @@ class GELU(Activation):
 class GELUTanh(Activation):
     """GELU with the tanh approximation (timm's 'gelu_tanh', the original BERT/GPT-2 form)."""
 
-    def evaluate(self, x, y, slope):
+    def compute(self, x, y, slope):
         xp, c = array_module(x), x.dtype.type
         x2 = x * x
         xp.tanh(c(SQRT_2_OVER_PI) * x * (1 + c(TANH_CUBIC) * x2), out=y)     # t = tanh(u)
@@ -112,7 +112,7 @@ class GELUTanh(Activation):
 class ReLU(Activation):
     slope_dtype = bool
 
-    def evaluate(self, x, y, slope):
+    def compute(self, x, y, slope):
         xp = array_module(x)
         xp.maximum(x, 0, out=y)
         if slope is not None:

@@ -20,7 +20,7 @@ Backward:  dp' = do v^T,  dv = p'^T do                 (through o = p' v)
 Caches: the qkv output (holding q, k, v as views), q / sqrt(d), p, p' (p itself without
 dropout) and o. The cached p doubles as the attention map: set ``record = True`` and the
 forward keeps the last p in ``recorded`` even in eval mode (numpyvit.viz uses this).
-``queries=Q`` computes the output of the first Q tokens only (q and p have Q rows, k and v all N):
+``first_tokens=Q`` computes the output of the first Q tokens only (q and p have Q rows, k and v all N):
 the model's last block uses it when the head reads the [CLS] token alone (numpyvit.model).
 Every image's attention is independent, so the per-image products and the softmax run in
 pieces of the batch on all CPU cores (numpyvit.parallel.map_rows); dropout masks are drawn
@@ -36,8 +36,9 @@ from ..parallel import map_rows
 from .reductions import row_dot, row_sum
 
 
-def softmax(s, out=None):
-    """Softmax over the last axis of attention scores s (..., N, N), into ``out`` (or a new array).
+def attention_softmax(s, out=None):
+    """Softmax over the last axis of blocks of attention scores s (..., Q, N) (one block per image
+    and head: the fallbacks below take each block's max), into ``out`` (or a new array).
 
     softmax(s) = softmax(s - c) for any c constant along a row; subtracting each row's max keeps
     exp from overflowing. NumPy's max over a short last axis is ~30x slower than over a whole
@@ -86,13 +87,13 @@ class Attention(Module):
         self.proj_drop = Dropout(proj_drop, xp=xp)
         self.record, self.recorded = False, None
 
-    def forward(self, x, affine=None, queries=None):
-        """``affine``: the LayerNorm whose ``normalize`` made x, folded into qkv (Linear).
-        ``queries``: the number Q of leading tokens whose output is wanted (None: all N)."""
+    def forward(self, x, folded_norm=None, first_tokens=None):
+        """``folded_norm``: the LayerNorm whose ``normalize`` made x, folded into qkv (Linear).
+        ``first_tokens``: the number Q of leading tokens whose output is wanted (None: all N)."""
         xp = array_module(x)
         B, N, D = x.shape
-        H, d, Q = self.num_heads, self.head_dim, N if queries is None else queries
-        qkv = self.qkv(x, affine).reshape(B, N, 3, H, d).transpose(2, 0, 3, 1, 4)   # (3, B, H, N, d) view
+        H, d, Q = self.num_heads, self.head_dim, N if first_tokens is None else first_tokens
+        qkv = self.qkv(x, folded_norm).reshape(B, N, 3, H, d).transpose(2, 0, 3, 1, 4)   # (3, B, H, N, d) view
         q, k, v = qkv
         q = q[:, :, :Q]                                                       # (B, H, Q, d)
         q_scaled = xp.empty((B, H, Q, d), dtype=x.dtype)
@@ -103,7 +104,7 @@ class Attention(Module):
 
         def scores_to_probabilities(b):                                       # images b
             xp.multiply(q[b], scale, out=q_scaled[b])
-            softmax(q_scaled[b] @ k[b].swapaxes(-1, -2), out=p[b])            # (b, H, Q, N)
+            attention_softmax(q_scaled[b] @ k[b].swapaxes(-1, -2), out=p[b])            # (b, H, Q, N)
 
         map_rows(scores_to_probabilities, B, H * Q * N * x.itemsize, xp)
         if self.record:

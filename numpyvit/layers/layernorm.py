@@ -22,7 +22,7 @@ db' = sum over rows of dy (out,); by the chain rule (``folded_backward``)
 The backward of ``normalize`` takes dxhat and skips the dg / dbeta sums. Folding pays when the
 activations outnumber the weights' rows (M >= out): it reads and writes W a few times per call,
 where applying g and beta costs two passes over the (M, D) activations (cheap ones: done while
-each piece of rows is in cache). ``for_linear`` picks the cheaper.
+each piece of rows is in cache). ``input_for`` picks the cheaper.
 """
 import numpy as np
 
@@ -40,14 +40,14 @@ class LayerNorm(Module):
 
     def forward(self, x):
         """y = xhat * g + b."""
-        return self._normalize(x, affine=True)
+        return self._normalize(x, apply_affine=True)
 
     def normalize(self, x):
         """xhat = (x - mu) * rstd, for a following Linear that applies g and b (see above)."""
-        return self._normalize(x, affine=False)
+        return self._normalize(x, apply_affine=False)
 
-    def for_linear(self, x, linear):
-        """(input, affine) such that ``linear(input, affine)`` is ``linear(self(x))``: xhat with g
+    def input_for(self, x, linear):
+        """(input, folded_norm) such that ``linear(input, folded_norm)`` is ``linear(self(x))``: xhat with g
         and b folded into the product when x has at least as many rows M as the product has
         outputs, else y = xhat g + b and no folding (see above)."""
         if x.size // x.shape[-1] >= linear.out_features:
@@ -68,13 +68,13 @@ class LayerNorm(Module):
         dW += array_module(dW).outer(db, self.bias.data)            # dW = dW' diag(g) + outer(db', beta)
         return dW
 
-    def _normalize(self, x, affine):
+    def _normalize(self, x, apply_affine):
         xp, D = array_module(x), self.dim
         if x.shape[-1] != D:
             raise ValueError(f"LayerNorm({D}) needs inputs whose last axis is {D}, got shape {tuple(x.shape)}")
         x2 = x.reshape(-1, D)                                        # (M, D)
         xhat = xp.empty_like(x2)
-        y = xp.empty_like(x2) if affine else xhat
+        y = xp.empty_like(x2) if apply_affine else xhat
         rstd = xp.empty((x2.shape[0], 1), dtype=x.dtype)
         g, b, inv_d, eps = self.weight.data, self.bias.data, x.dtype.type(1.0 / D), x.dtype.type(self.eps)
 
@@ -83,20 +83,20 @@ class LayerNorm(Module):
             xp.subtract(x2[r], row_mean(x2[r], keepdims=True), out=xh)        # x - mu
             rstd[r] = (row_dot(xh, xh, keepdims=True) * inv_d + eps) ** -0.5
             xh *= rstd[r]
-            if affine:
+            if apply_affine:
                 xp.multiply(xh, g, out=y[r])
                 y[r] += b
 
         map_rows(normalize, x2.shape[0], D * x.itemsize, xp)
-        self._save_for_backward(xhat, rstd, affine)
+        self._save_for_backward(xhat, rstd, apply_affine)
         return y.reshape(x.shape)
 
     def backward(self, dy):
         """dx from dy (after ``forward``) or from dxhat (after ``normalize``)."""
-        xhat, rstd, affine = self._saved()
+        xhat, rstd, applied = self._saved()
         xp = array_module(dy)
         dxhat = dy.reshape(xhat.shape)                               # (M, D)
-        if affine:                                                   # in the forward y = xhat g + b
+        if applied:                                                   # in the forward y = xhat g + b
             dy2 = dxhat
             self.weight.accumulate(col_sum(multiply(dy2, xhat)))     # dg = sum(dy * xhat)
             self.bias.accumulate(col_sum(dy2))

@@ -28,9 +28,9 @@ class Mlp(Module):
     def layers(self):
         return (self.fc1, self.act, self.drop1, self.fc2, self.drop2)
 
-    def forward(self, x, affine=None):
-        """``affine``: the LayerNorm whose ``normalize`` made x, folded into fc1 (Linear)."""
-        x = self.fc1(x, affine)
+    def forward(self, x, folded_norm=None):
+        """``folded_norm``: the LayerNorm whose ``normalize`` made x, folded into fc1 (Linear)."""
+        x = self.fc1(x, folded_norm)
         for layer in self.layers[1:]:
             x = layer(x)
         return x

@@ -33,9 +33,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import distributed, tuning
-from ..errors import ConfigError
+from .. import distributed, viz
 from ..data import RandomAffine, iterate_batches
+from ..engine import tuning
+from ..engine.shards import split_rows
+from ..errors import ConfigError
 from ..io import CHECKPOINT_NAME
 from ..losses import CrossEntropyLoss
 from ..optim import AdamW, clip_grad_norm, warmup_cosine
@@ -131,8 +133,7 @@ def background(mean, std):
 def _plot_curves(history, path, progress):
     """curves.png; a plot that cannot be drawn is a note, never the end of a run."""
     try:
-        from ..viz import plot_training_curves
-        plot_training_curves(history, path)
+        viz.plot_training_curves(history, path)                     # imports matplotlib on first use
     except ImportError:
         progress.note(f"matplotlib is not installed: no {path.name} (pip install matplotlib)")
     except Exception as err:  # noqa: BLE001 -- it runs in a finally: it must not hide the real outcome
@@ -174,7 +175,7 @@ class _Loop:
             state.partial = dict(loss_sum=0.0, correct=0, seen=0, seconds=0.0)
         start, b = state.epoch_step * B, B // world.size                 # b: this rank's share of a batch
         order = state.order[start:self.steps_per_epoch * B]             # the batches still to do
-        order = order.reshape(-1, B)[:, world.rank * b:(world.rank + 1) * b].reshape(-1)   # this rank's shards
+        order = order.reshape(-1, B)[:, split_rows(B, world.size)[world.rank]].reshape(-1)   # this rank's shards
         batches = iterate_batches(self.images[order], self.labels[order], b, shuffle=False,
                                   rng=state.data_rng if state.augment_rng is None else state.augment_rng, augment=self.augment,
                                   mean=self.dataset.mean, std=self.dataset.std, xp=xp)

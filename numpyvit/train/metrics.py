@@ -9,6 +9,7 @@ import numpy as np
 
 from ..backend import to_numpy
 from ..data import iterate_batches
+from ..engine.shards import split_rows
 from ..losses import CrossEntropyLoss
 
 
@@ -52,8 +53,7 @@ def evaluate(model, images, labels, *, mean=None, std=None, batch_size=500, labe
 def _evaluate_split(model, images, labels, world, **kwargs):
     """evaluate() of this rank's contiguous slice, combined over the ranks."""
     n = len(labels)
-    bounds = [n * r // world.size for r in range(world.size + 1)]
-    mine = slice(bounds[world.rank], bounds[world.rank + 1])
+    mine = split_rows(n, world.size)[world.rank]
     part = evaluate(model, images[mine], labels[mine], **kwargs) if mine.stop > mine.start else None
     count = mine.stop - mine.start
     loss_sum, correct = world.sum([part.loss * count if part else 0.0, part.accuracy * count if part else 0.0])

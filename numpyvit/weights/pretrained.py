@@ -20,27 +20,29 @@ The model is built without random initialization (``init=False``) and then fille
 (from the file's metadata, a timm ``config.json`` beside it, or timm's ViT defaults) and class names.
 """
 import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from ..data.images import TIMM_VIT_PREPROCESSING, imagenet_classes
 from ..errors import ConfigError
-from ..io import META_KEY, CheckpointError, load_arrays, prefixed
+from ..io import CHECKPOINT_NAME, META_KEY, CheckpointError, load_arrays, prefixed
+from ..layers import Linear
+from ..model import VisionTransformer
+from ..presets import PRESETS, check_config, preset_config
 from .errors import WeightsError
 from .jax_npz import read_jax_npz
 from .resample import resample_pos_embed
 from .safetensors import read_safetensors, write_safetensors
 
 MIN_CROP_PCT = 0.25     # a smaller crop would resize a photo to 4x the model's input per side and more
-VIT_DEFAULTS = dict(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), crop_pct=0.9)   # timm's ViT default cfg
 ARCHITECTURE = ("patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio")   # a preset and a file must agree
 
 
 def read_weights(path):
     """({timm name: array}, info) of a weights file; info holds ``config`` (numpyvit's, if the file
     has one) and the preprocessing: mean, std, crop_pct, classes."""
-    from ..io import CHECKPOINT_NAME
-
     path = Path(path)
     if path.is_dir():                                                # a training run's folder
         path = path / CHECKPOINT_NAME
@@ -48,7 +50,7 @@ def read_weights(path):
         raise WeightsError(f"no weights file at {path}")
     with open(path, "rb") as f:
         magic = f.read(4)
-    info = dict(VIT_DEFAULTS, config=None, classes=None)
+    info = dict(TIMM_VIT_PREPROCESSING, config=None, classes=None)
     if magic == b"PK\x03\x04":                                       # .npz: numpyvit's or JAX's
         if _npz_has(path, META_KEY):
             arrays, meta = load_arrays(path)
@@ -98,8 +100,6 @@ def check_info(info, source):
 
 
 def _npz_has(path, name):
-    import zipfile
-
     try:
         with zipfile.ZipFile(path) as archive:
             return name + ".npy" in archive.namelist()
@@ -124,9 +124,6 @@ def _timm_config(path):
 
 def create_pretrained(name, weights, **overrides):
     """See the module docstring; ``overrides`` are VisionTransformer keywords."""
-    from ..model import VisionTransformer
-    from ..presets import check_config, preset_config
-
     state, info = read_weights(weights)
     if info["config"] is not None:
         check_config(info["config"], f"{weights}: the file's config")
@@ -167,8 +164,6 @@ def create_pretrained(name, weights, **overrides):
 def class_names(model):
     """The names of the model's outputs: its weights' class names, ImageNet's for 1,000 classes, or
     "class k"."""
-    from ..data.images import imagenet_classes
-
     given = getattr(model, "pretrained_cfg", {}).get("classes")
     if given and len(given) == model.num_classes:
         return list(given)
@@ -180,8 +175,6 @@ def class_names(model):
 def new_head(model):
     """A freshly initialized classifier (trunc_normal(0.02) weights, zero bias) for ``model``'s
     classes, seeded by its seed; returns the Linear (host arrays)."""
-    from ..layers import Linear
-
     return Linear(model.embed_dim, model.num_classes, rng=np.random.default_rng([model.config["seed"], 7]),
                   dtype=model.dtype)
 
@@ -189,8 +182,6 @@ def new_head(model):
 def guess_preset(state):
     """The preset whose width, depth and patch size the tensors have (the number of heads is not in
     the weights: the presets' is the ViT paper's), or None."""
-    from ..presets import PRESETS
-
     kernel = state.get("patch_embed.proj.weight")
     if kernel is None or kernel.ndim != 4:
         return None

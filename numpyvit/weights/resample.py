@@ -17,6 +17,8 @@ At the same size W is the identity, so resizing to the same grid changes nothing
 """
 import numpy as np
 
+from ..backend import array_module, to_numpy
+
 CUBIC_A = -0.5
 
 
@@ -44,8 +46,6 @@ def resize_weights(n_in, n_out):
 def resample_pos_embed(pos_embed, new_grid, old_grid=None, num_prefix_tokens=1):
     """(1, prefix + Gh' * Gw', D) position embeddings from (1, prefix + Gh * Gw, D), NumPy or CuPy,
     in the input's dtype. ``old_grid`` defaults to a square grid."""
-    from ..backend import array_module, to_numpy
-
     xp = array_module(pos_embed)
     table = to_numpy(pos_embed).astype(np.float64)
     prefix, grid = table[:, :num_prefix_tokens], table[0, num_prefix_tokens:]

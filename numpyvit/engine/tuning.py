@@ -5,24 +5,24 @@ threads beat PyTorch, on a 2-core Intel server of the same size the same split w
 thread (its threads wake up more slowly). So two kinds of decision are timed here, once per
 machine, and remembered:
 
-1. Sizes (``numpyvit.calibration``, about a second): the piece size of row-wise passes
+1. Sizes (``numpyvit.engine.calibration``, about a second): the piece size of row-wise passes
    (numpyvit.parallel.Settings.chunk_bytes: the one at which a GELU runs fastest) and the sizes
    below which a product or an elementwise pass runs in one piece (where splitting stops paying).
-2. The way each workload uses the cores (``choose_strategy``): for a model architecture, batch size,
+2. The strategy each workload uses the cores (``choose_strategy``): for a model architecture, batch size,
    training or inference and thread count, the first forward of that kind times one forward pass of
-   each way of numpyvit.parallel (processes, threads, split, blas) on the model itself, in eval mode
+   each strategy of numpyvit.parallel (processes, threads, split, blas) on the model itself, in eval mode
    (no dropout, so no random numbers are drawn): a forward under no_grad for inference, a forward
    and a backward for training (the gradients are restored afterwards), and keeps the fastest
    (worker processes only if 5% faster than threads, since they cost memory). When the two fastest
    are within 25%, they are timed three more times each, taking turns, and compared by medians.
    Batch sizes are rounded to a power of two for this.
    What it costs is kept small (``measure``): a step longer than STEP_BUDGET is timed on a slice of
-   the batch (4 images a thread at least), a way clearly slower at its first step is not timed
+   the batch (4 images a thread at least), a strategy clearly slower at its first step is not timed
    again, and inside ``planned(images)`` (numpyvit.train.fit) measuring takes at most RUN_SHARE of
    the run's estimated time, or is skipped for a run too short to repay it (then the rule below
    runs it, and nothing is cached). One line on stderr says when it measures and how long it took;
    the training loop leaves that time out of its img/s. Where the worker processes' files cannot be
-   made in shared memory (numpyvit.workers.SharedMemoryError: no room, as in Docker's 64 MB
+   made in shared memory (numpyvit.engine.workers.SharedMemoryError: no room, as in Docker's 64 MB
    /dev/shm, or not writable), processes are left out of the choice for the rest of the process,
    with a warning, and nothing is cached.
 
@@ -31,7 +31,7 @@ else ~/.cache/numpyvit) under a fingerprint of the machine: CPU model, usable co
 versions, BLAS kernel, OPENBLAS_CORETYPE, numpyvit's version. Another machine, or a new NumPy
 or numpyvit, measures again.
 
-    NUMPYVIT_PARALLEL=processes|threads|split|blas   always this way (nothing is measured)
+    NUMPYVIT_PARALLEL=processes|threads|split|blas   always this strategy (nothing is measured)
     NUMPYVIT_TUNING=off                              measure nothing: default sizes, and shards on
                                                      threads when the batch has an image per thread
     NUMPYVIT_THREADS=n                               the number of cores to use
@@ -49,27 +49,27 @@ from pathlib import Path
 
 import numpy as np
 
-from . import parallel
+from .. import parallel
+from ..errors import InputError
+from ..files import atomic_file, cache_dir
+from ..grad_mode import grad_enabled
+from ..per_thread import PerThread
+from ..version import __version__
 from .calibration import best_time, calibrate_settings
-from .data.datasets import cache_dir
-from .errors import InputError
-from .grad_mode import grad_enabled
-from .io import atomic_file
-from .per_thread import PerThread
 from .workers import SUPPORTED as PROCESSES_SUPPORTED, SharedMemoryError
 
 STRATEGIES = ("processes", "threads", "split", "blas")
 CACHE_NAME = "tuning.json"
 PROCESS_MARGIN = 1.05    # worker processes are chosen only when this much faster than threads: each
                          # holds an interpreter, and the weights are copied to them every step
-CLOSE_CALL = 1.25        # the two fastest ways within this factor are timed again, taking turns
+CLOSE_CALL = 1.25        # the two fastest strategies within this factor are timed again, taking turns
 STEP_BUDGET = 0.4        # seconds: a workload whose step takes longer is timed on a slice of its batch
-DROP = 2.0               # a way whose first step takes this much longer than the best is timed no more
-MIN_IMAGES_PER_THREAD = 4   # ... but of this many images a thread at least: with fewer, the ways' ranking
+DROP = 2.0               # a strategy whose first step takes this much longer than the best is timed no more
+MIN_IMAGES_PER_THREAD = 4   # ... but of this many images a thread at least: with fewer, the strategies' ranking
                          # changes (ViT-B at 1 image a thread ranked blas first, 13% slower at 4)
 RUN_SHARE = 0.05         # measuring may cost this share of a planned run's estimated time, at most
-STEPS_TO_MEASURE = 14    # about how many steps measuring takes (4 ways, a close call in turns)
-_forced = PerThread(None)               # a way forced on this thread (measuring, tests)
+STEPS_TO_MEASURE = 14    # about how many steps measuring takes (4 strategies, a close call in turns)
+_forced = PerThread(None)               # a strategy forced on this thread (measuring, tests)
 _planned = PerThread(None)              # images the run on this thread will process (``planned``)
 _state = dict(settings_applied=False, fingerprint=None)
 _decisions = {}                        # workload key -> strategy, for this process
@@ -98,8 +98,6 @@ def machine():
     """A description of what makes timings differ between machines (the cache's key)."""
     blas = [dict(api=lib.internal_api, version=lib.version, kernel=getattr(lib, "architecture", None))
             for lib in parallel.blas_libraries()]
-    from . import __version__
-
     return dict(cpu=cpu_model(), cores=parallel.num_threads(), numpy=np.__version__, blas=blas,
                 coretype=os.environ.get("OPENBLAS_CORETYPE"), numpyvit=__version__)
 
@@ -172,14 +170,14 @@ def apply_settings():
                                                                         "min_split_elements")})
 
 
-# ----- 2. the way to use the cores ---------------------------------------------------------------------
+# ----- 2. the strategy to use the cores ---------------------------------------------------------------------
 def forced(strategy):
     """Inside (a context manager), every model forward on this thread uses ``strategy``."""
     return _forced.set(strategy)
 
 
-def forced_way():
-    """The way forced by ``forced`` or $NUMPYVIT_PARALLEL, else None."""
+def forced_strategy():
+    """The strategy forced by ``forced`` or $NUMPYVIT_PARALLEL, else None."""
     return _forced.get() or os.environ.get("NUMPYVIT_PARALLEL")
 
 
@@ -192,29 +190,29 @@ def planned(images):
 
 def refuse_processes(error):
     """Choose no worker processes in this process from now on: ``error`` (a SharedMemoryError) says
-    their files cannot be made. Warns once; the other ways need no shared memory."""
+    their files cannot be made. Warns once; the other strategies need no shared memory."""
     if _refused["processes"] is None:
         _refused["processes"] = str(error)
         warnings.warn(f"{error}. numpyvit goes on without worker processes (small models train up to a "
                       "third slower on threads).", RuntimeWarning, stacklevel=3)
 
 
-def possible(batch, threads):
-    """The ways a batch of this size can use ``threads`` cores."""
-    ways = []
+def available_strategies(batch, threads):
+    """The strategies a batch of this size can use ``threads`` cores."""
+    strategies = []
     if threads > 1 and batch >= threads:
         processes = PROCESSES_SUPPORTED and _refused["processes"] is None
-        ways += (["processes"] if processes else []) + ["threads"]
+        strategies += (["processes"] if processes else []) + ["threads"]
     if threads > 1:
-        ways += ["split"] + (["blas"] if parallel.blas_libraries() else [])
-    return ways or ["blas"]
+        strategies += ["split"] + (["blas"] if parallel.blas_libraries() else [])
+    return strategies or ["blas"]
 
 
-def rule(batch, threads):
+def default_strategy(batch, threads):
     """The choice when nothing is measured (NUMPYVIT_TUNING=off): shards on threads if the batch
     has an image per thread, else split."""
-    ways = possible(batch, threads)
-    return "threads" if "threads" in ways else ways[0]
+    strategies = available_strategies(batch, threads)
+    return "threads" if "threads" in strategies else strategies[0]
 
 
 def workload_key(config, batch, training, threads):
@@ -226,63 +224,63 @@ def workload_key(config, batch, training, threads):
 
 
 def choose_strategy(model, batch):
-    """The way ``model`` (a NumPy VisionTransformer) uses the cores for a batch of ``batch`` images."""
+    """The strategy ``model`` (a NumPy VisionTransformer) uses the cores for a batch of ``batch`` images."""
     threads = parallel.num_threads()
-    ways = possible(batch, threads)
-    strategy = forced_way()
+    strategies = available_strategies(batch, threads)
+    strategy = forced_strategy()
     if strategy:
         if strategy not in STRATEGIES:
             raise TuningError(f"NUMPYVIT_PARALLEL must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
-        return strategy if strategy in ways else ways[0]
-    if len(ways) == 1:
-        return ways[0]
+        return strategy if strategy in strategies else strategies[0]
+    if len(strategies) == 1:
+        return strategies[0]
     apply_settings()
     if not tuning_enabled():
-        return rule(batch, threads)
+        return default_strategy(batch, threads)
     training = model.training and grad_enabled()
     key = workload_key(model.config, batch, training, threads)
-    if _decisions.get(key) not in ways:
+    if _decisions.get(key) not in strategies:
         entry = machine_entry().get("workloads", {}).get(key)
-        if entry is None or entry.get("strategy") not in ways:
-            entry = measure(model, batch, ways, training, key)
+        if entry is None or entry.get("strategy") not in strategies:
+            entry = measure(model, batch, strategies, training, key)
             if _refused["processes"] is None and not entry.get("unmeasured"):   # (a full /dev/shm is the
                 _update_cache(lambda cache_entry: cache_entry["workloads"].update({key: entry}))   # container's)
         _decisions[key] = entry["strategy"]
     return _decisions[key]
 
 
-def measure(model, batch, ways, training, key=None):
-    """Time each way on ``model`` itself with a random batch: a forward, and for a ``training``
+def measure(model, batch, strategies, training, key=None):
+    """Time each strategy on ``model`` itself with a random batch: a forward, and for a ``training``
     workload a forward and a backward; the fastest wins. Returns {"strategy": fastest,
-    "ms": {way: milliseconds}, "images": the batch it was timed on, "seconds": what measuring took}.
+    "ms": {strategy: milliseconds}, "images": the batch it was timed on, "seconds": what measuring took}.
 
     What measuring costs stays small next to the work it serves: a workload whose step would take
-    longer than STEP_BUDGET is timed on a slice of its batch (``measuring_batch``), and a way whose
+    longer than STEP_BUDGET is timed on a slice of its batch (``measuring_batch``), and a strategy whose
     first step takes DROP times the best so far is not timed again. One line on stderr says that
     it measures, and how long it took."""
     started = time.perf_counter()
-    with _unchanged(model, training):
-        images = measuring_batch(model, batch, ways, training, key)
+    with _untouched(model, training):
+        images = measuring_batch(model, batch, strategies, training, key)
         if images is None:                                           # not worth it for this run
             _spent["seconds"] += time.perf_counter() - started
-            way = rule(batch, parallel.num_threads())
-            _say(f"numpyvit: this run is too short to repay measuring how to use the cores; it runs on {way} "
+            strategy = default_strategy(batch, parallel.num_threads())
+            _say(f"numpyvit: this run is too short to repay measuring how to use the cores; it runs on {strategy} "
                  "(a longer run measures, once)", once=True)
-            return dict(strategy=way, unmeasured=True)
+            return dict(strategy=strategy, unmeasured=True)
         _announce(model, batch, training, images)
         step = _timed_step(model, images, training)
         times = {}
-        for way in ways:
-            with forced(way):
+        for strategy in strategies:
+            with forced(strategy):
                 try:
                     first = best_time(step, 1, warm_up=False)       # starts worker processes
                 except SharedMemoryError as error:
                     refuse_processes(error)
                     continue
                 if times and first > DROP * min(times.values()):
-                    times[way] = first                               # clearly slower: no more timing
+                    times[strategy] = first                               # clearly slower: no more timing
                     continue
-                times[way] = best_time(step, 2 if first < 1.0 else 1, warm_up=False)
+                times[strategy] = best_time(step, 2 if first < 1.0 else 1, warm_up=False)
         ranked = sorted(times, key=times.get)
         if len(ranked) > 1 and times[ranked[1]] < CLOSE_CALL * times[ranked[0]]:
             rounds = 3 if times[ranked[0]] < STEP_BUDGET else 1          # fewer for steps beyond the budget
@@ -290,16 +288,16 @@ def measure(model, batch, ways, training, key=None):
     best = min(times, key=times.get)
     if best == "processes" and times.get("threads", float("inf")) < PROCESS_MARGIN * times[best]:
         best = "threads"                                             # close: threads cost no extra memory
-    model.release_shards(keep=best)
+    model.runner.release(keep=best)
     seconds = time.perf_counter() - started
     _spent["seconds"] += seconds
     _say(f"numpyvit: measured in {seconds:.1f} s: {best} (left out of the training's img/s)")
-    return dict(strategy=best, ms={way: round(t * 1e3, 2) for way, t in times.items()}, images=images,
+    return dict(strategy=best, ms={strategy: round(t * 1e3, 2) for strategy, t in times.items()}, images=images,
                 seconds=round(seconds, 2))
 
 
-def measuring_batch(model, batch, ways, training, key=None):
-    """The batch size to time the ways on, or None when measuring would not pay. The workload's own
+def measuring_batch(model, batch, strategies, training, key=None):
+    """The batch size to time the strategies on, or None when measuring would not pay. The workload's own
     batch when its step is estimated to take at most STEP_BUDGET, else the largest multiple of the
     thread count that fits (MIN_IMAGES_PER_THREAD a thread at least). Inside ``planned(images)``,
     also small enough that measuring costs at most RUN_SHARE of the run, and None if that smallest
@@ -309,7 +307,7 @@ def measuring_batch(model, batch, ways, training, key=None):
     per_image = machine_entry().get("probes", {}).get(key)
     if per_image is None:
         probe = min(batch, threads)
-        with forced(next((way for way in ("blas", "split") if way in ways), ways[-1])):   # no shards to make
+        with forced(next((strategy for strategy in ("blas", "split") if strategy in strategies), strategies[-1])):   # no shards to make
             per_image = best_time(_timed_step(model, probe, training), 1) / probe
         if key is not None:
             _update_cache(lambda entry: entry.setdefault("probes", {}).update({key: per_image}))
@@ -359,19 +357,19 @@ def seconds_measuring():
     return _spent["seconds"]
 
 
-def _in_turns(step, ways, times, rounds=3):
-    """{way: median seconds} of ``rounds`` more steps of each way, the ways taking turns (so that a
+def _in_turns(step, strategies, times, rounds=3):
+    """{strategy: median seconds} of ``rounds`` more steps of each strategy, the strategies taking turns (so that a
     change in the machine's speed meanwhile hits both), counting the first timings in ``times``."""
-    samples = {way: [times[way]] for way in ways}
+    samples = {strategy: [times[strategy]] for strategy in strategies}
     for _ in range(rounds):
-        for way in ways:
-            with forced(way):
-                samples[way].append(best_time(step, 1, warm_up=False))
-    return {way: float(np.median(seconds)) for way, seconds in samples.items()}
+        for strategy in strategies:
+            with forced(strategy):
+                samples[strategy].append(best_time(step, 1, warm_up=False))
+    return {strategy: float(np.median(seconds)) for strategy, seconds in samples.items()}
 
 
 @contextlib.contextmanager
-def _unchanged(model, training):
+def _untouched(model, training):
     """Eval mode (no dropout: no random draws) and, for timing forwards alone, no_grad (nothing
     cached); for training timings the gradients are put back as they were afterwards."""
     if not training:

@@ -1,4 +1,4 @@
-"""Shards of the batch in worker processes (the data parallelism of ``numpyvit.shards``).
+"""Shards of the batch in worker processes (the data parallelism of ``numpyvit.engine.shards``).
 
 Threads of one process share the interpreter lock: a thread holds it from the end of one NumPy
 call to the start of the next, and a thread that finishes its call while the other holds it
@@ -6,7 +6,7 @@ waits to be woken. A shard of a small model makes thousands of NumPy calls of ~1
 so two threads spend a third of the step waiting for each other (mnist_tiny: 2,400 img/s on two
 threads, 3,300 img/s in two processes). A worker process has an interpreter of its own.
 
-Each worker is a ``python`` running ``numpyvit.workers.main``, started when the model first needs it and stopped
+Each worker is a ``python`` running ``numpyvit.engine.workers.main``, started when the model first needs it and stopped
 with the model (or at exit). It builds a replica from the model's config, whose parameters are
 views of one shared-memory file: the model copies its weights there before every forward. Per
 worker, a second shared-memory file holds its shard's images, logits, dlogits, input gradient
@@ -17,7 +17,7 @@ them, so nothing is left behind even if a process is killed (POSIX systems only;
 numpyvit uses threads). Each file's pages are reserved when it is made (``posix_fallocate``):
 shared memory is a size-limited file system (Docker gives a container 64 MB), and touching a page
 past its limit kills the process with SIGBUS. Reserving turns that into a SharedMemoryError up
-front, on which numpyvit.model goes on without worker processes (numpyvit.tuning.refuse_processes).
+front, on which numpyvit.model goes on without worker processes (numpyvit.engine.tuning.refuse_processes).
 """
 import json
 import mmap
@@ -32,9 +32,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .grad_mode import grad_enabled, set_grad_enabled
-from .parallel import run_on_threads
-from .shards import draw_seeds, seed_layers, split_rows
+from ..grad_mode import grad_enabled, set_grad_enabled
+from ..model import VisionTransformer
+from ..parallel import run_on_threads
+from .shards import add_gradients, draw_seeds, seed_layers, split_rows
 
 SUPPORTED = os.name == "posix"
 
@@ -145,15 +146,8 @@ class ProcessShards:
             dx = run_on_threads([lambda: model.backward_stages(dlogits[self.rows[0]])])
         finally:
             self._collect()
-        for worker in self.workers:
-            for index, param in enumerate(self.params):
-                grad = worker.io[f"g{index}"]
-                if not param.requires_grad:
-                    continue
-                if param.grad is None:
-                    param.grad = grad.copy()
-                else:
-                    param.grad += grad
+        for worker in self.workers:                                  # shared memory: copied, not kept
+            add_gradients(self.params, [worker.io[f"g{index}"] for index in range(len(self.params))])
             dx.append(worker.io["dx"].copy())
         return np.concatenate(dx)
 
@@ -177,11 +171,11 @@ class _Worker:
     """One worker process, seen from the model's side."""
 
     def __init__(self):
-        package_parent = str(Path(__file__).resolve().parents[1])
+        package_parent = str(Path(__file__).resolve().parents[2])       # the folder holding numpyvit/
         env = dict(os.environ, NUMPYVIT_THREADS="1", OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1",
                    MKL_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(
                        [package_parent] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
-        self.process = subprocess.Popen([sys.executable, "-c", "from numpyvit.workers import main; main()"],
+        self.process = subprocess.Popen([sys.executable, "-c", "from numpyvit.engine.workers import main; main()"],
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
         self.shapes, self.io, self.buffer = None, None, None
 
@@ -249,13 +243,12 @@ def serve(commands, replies):
 
 def _handle(command, state):
     with np.errstate(**command.get("errors", {})):                  # the model's process's settings
-        return _do(command, state)
+        return _run_command(command, state)
 
 
-def _do(command, state):
+def _run_command(command, state):
     op = command["op"]
     if op == "setup":
-        from .model import VisionTransformer
 
         model = VisionTransformer(**dict(command["config"], backend="numpy"), init=False)  # weights: shared below
         layout = {name: (offset, tuple(shape)) for name, (offset, shape) in command["layout"].items()}

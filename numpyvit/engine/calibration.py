@@ -1,5 +1,5 @@
 """Measuring this machine for numpyvit.parallel.Settings: the piece size of row-wise passes and
-the sizes from which splitting work across threads pays (numpyvit.tuning keeps the results).
+the sizes from which splitting work across threads pays (numpyvit.engine.tuning keeps the results).
 
     chunk_bytes         the piece size at which an exact GELU over 16 MB (more than any cache
                         level) runs fastest, from 64 KB to 2 MB
@@ -11,13 +11,12 @@ import time
 
 import numpy as np
 
-from . import parallel
+from .. import parallel
+from ..layers.activations import GELU
 
 
 def calibrate_settings():
     """Measure the three sizes of numpyvit.parallel.Settings on this machine (about a second)."""
-    from .layers.activations import GELU
-
     rng = np.random.default_rng(0)
     x = rng.standard_normal((4096, 1024), dtype=np.float32)         # 16 MB: more than any cache level
     y = np.empty_like(x)
@@ -25,7 +24,7 @@ def calibrate_settings():
     chunk_times = {}
     for chunk in (2**16, 2**17, 2**18, 2**19, 2**20, 2**21):
         rows = chunk // (1024 * 4)
-        chunk_times[chunk] = best_time(lambda: [gelu.evaluate(x[r:r + rows], y[r:r + rows], None)
+        chunk_times[chunk] = best_time(lambda: [gelu.compute(x[r:r + rows], y[r:r + rows], None)
                                                 for r in range(0, 4096, rows)])
     chunk_bytes = min(chunk_times, key=chunk_times.get)
     return dict(chunk_bytes=chunk_bytes, min_split_work=_split_threshold_matmul(rng),

@@ -16,7 +16,7 @@ over images, which splits into a sum over shards.
 
 model_0 is always the model itself. The other shards run either on threads of this process
 (``ThreadShards``: replicas whose parameters read the model's arrays) or in worker processes
-(``numpyvit.workers.ProcessShards``: no shared interpreter lock, so small models scale too).
+(``numpyvit.engine.workers.ProcessShards``: no shared interpreter lock, so small models scale too).
 A shard's dropout generators are re-seeded from the model's generators at every training
 forward, so a seeded run is reproducible for a given number of shards (the masks differ
 between shard counts, as they would between batch orders).
@@ -25,8 +25,8 @@ import copy
 
 import numpy as np
 
-from .layers.base import Module, Parameter
-from .parallel import run_on_threads
+from ..layers.base import Module, Parameter
+from ..parallel import run_on_threads
 
 
 class SharedParameter(Parameter):
@@ -54,7 +54,7 @@ class SharedParameter(Parameter):
 def replicate(module, memo=None):
     """A copy of ``module``'s layer tree sharing its parameters (see SharedParameter), with empty
     caches. Attributes that are neither Modules nor Parameters are shared as they are (sizes,
-    fixed tables, the array module), except those a class lists in ``_not_replicated``."""
+    fixed tables, the array module), except those a class lists in ``_per_model`` (left None)."""
     memo = {} if memo is None else memo
     twin = copy.copy(module)
     for name, value in vars(module).items():
@@ -66,15 +66,30 @@ def replicate(module, memo=None):
             setattr(twin, name, type(value)(replicate(item, memo) if isinstance(item, Module) else item
                                             for item in value))
     twin._cache = None
-    for name in getattr(module, "_not_replicated", ()):
+    for name in getattr(module, "_per_model", ()):
         setattr(twin, name, None)
     return twin
 
 
 def split_rows(n, shards):
-    """``shards`` contiguous slices covering range(n), sizes differing by at most one."""
+    """``shards`` contiguous slices covering range(n), sizes differing by at most one: how threads,
+    worker processes and MPI ranks all cut a batch (or the test set)."""
     bounds = [n * i // shards for i in range(shards + 1)]
     return [slice(bounds[i], bounds[i + 1]) for i in range(shards)]
+
+
+def add_gradients(params, grads, keep=False):
+    """param.grad += grad for every trainable parameter (``grads`` in ``params``' order, None where a
+    shard has none): the sum of the shards' gradients, which threads and worker processes share
+    (MPI ranks sum theirs with an all-reduce: numpyvit.distributed). ``keep``: the arrays may be
+    kept as the first gradient (else a first gradient is copied, e.g. out of shared memory)."""
+    for param, grad in zip(params, grads):
+        if grad is None or not param.requires_grad:
+            continue
+        if param.grad is None:
+            param.grad = grad if keep else grad.copy()
+        else:
+            param.grad += grad
 
 
 def random_layers(model):
@@ -98,7 +113,6 @@ class ThreadShards:
 
     def __init__(self, model, count):
         self.models = [model] + [replicate(model) for _ in range(count - 1)]
-        self.pairs = [list(zip(model.parameters(), replica.parameters())) for replica in self.models[1:]]
         self.rows = None
 
     def forward(self, x):
@@ -116,11 +130,11 @@ class ThreadShards:
         """dx of the whole batch; every shard's parameter gradients end up summed in the model's."""
         dxs = run_on_threads([(lambda m=m, r=r: m.backward_stages(dlogits[r]))
                               for m, r in zip(self.models, self.rows)])
-        for pairs in self.pairs:
-            for param, shared in pairs:
-                if shared.grad is not None:
-                    param.accumulate(shared.grad)
-                    shared.grad = None
+        for replica in self.models[1:]:
+            shared = replica.parameters()
+            add_gradients(self.models[0].parameters(), [p.grad for p in shared], keep=True)
+            for p in shared:
+                p.grad = None
         return np.concatenate(dxs)
 
     def close(self):
