@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchmark_setup import CONFIGS, build, matmul_flops, synchronizer  # noqa: E402
+from benchmark_setup import CONFIGS, add_config_arguments, build, matmul_flops, synchronizer  # noqa: E402
 import numpyvit  # noqa: E402
 from numpyvit import parallel
 from numpyvit.engine import tuning  # noqa: E402
@@ -167,9 +167,7 @@ def print_table(rows):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--configs", default="a,b,c,d", help="comma-separated keys of " + ", ".join(
-        f"{k} ({v[0]})" for k, v in CONFIGS.items()))
-    parser.add_argument("--backend", default="numpy", choices=["numpy", "cupy"])
+    add_config_arguments(parser)
     parser.add_argument("--batch", type=int, help="override every config's batch size")
     parser.add_argument("--repeats", type=int, default=9, help="timed steps per contestant, in all")
     parser.add_argument("--block", type=int, default=3, help="timed steps per turn")

@@ -22,6 +22,13 @@ CONFIGS = {  # name: (description, preset, batch, training?)
 }
 
 
+def add_config_arguments(parser, default="a,b,c,d"):
+    """--configs and --backend, as every benchmark program takes them."""
+    parser.add_argument("--configs", default=default, help="comma-separated keys of " + ", ".join(
+        f"{k} ({v[0]})" for k, v in CONFIGS.items()))
+    parser.add_argument("--backend", default="numpy", choices=["numpy", "cupy"])
+
+
 def make_batch(config, batch):
     """Images (batch, C, H, W) float32 and labels (batch,), the same in every process."""
     size = config["img_size"]

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchmark_setup import CONFIGS, build, numpyvit_step, synchronizer  # noqa: E402
+from benchmark_setup import CONFIGS, add_config_arguments, build, numpyvit_step, synchronizer  # noqa: E402
 from numpyvit import parallel
 from numpyvit.engine import tuning  # noqa: E402
 
@@ -73,9 +73,7 @@ def profile(key, backend="numpy", batch=None, steps=5):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--configs", default="a,b,c,d", help="comma-separated keys of " + ", ".join(
-        f"{k} ({v[0]})" for k, v in CONFIGS.items()))
-    parser.add_argument("--backend", default="numpy", choices=["numpy", "cupy"])
+    add_config_arguments(parser)
     parser.add_argument("--batch", type=int, help="override every config's batch size (before sharding)")
     parser.add_argument("--steps", type=int, default=5)
     args = parser.parse_args(argv)

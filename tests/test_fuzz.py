@@ -64,12 +64,16 @@ def load_weights(path):
     numpyvit.create_model(None, weights=path)
 
 
+READERS = {"w.safetensors": load_weights, "jax.npz": read_jax_npz, "model.npz": load_model}
+
+
+@pytest.mark.parametrize("name", sorted(READERS))
 @FUZZ
 @given(edits=byte_edits, cut=st.floats(0.5, 1.0))
-def test_safetensors_bytes(files, tmp_path, edits, cut):
-    path = tmp_path / "f.safetensors"
-    path.write_bytes(mutate_bytes(files["w.safetensors"], edits, cut))
-    only_input_errors(lambda: load_weights(path))
+def test_mutated_bytes(files, tmp_path, name, edits, cut):
+    path = tmp_path / name
+    path.write_bytes(mutate_bytes(files[name], edits, cut))
+    only_input_errors(lambda: READERS[name](path))
 
 
 @FUZZ
@@ -91,14 +95,6 @@ def test_safetensors_header_fields(files, tmp_path, data, value):
     only_input_errors(lambda: load_weights(path))
 
 
-@FUZZ
-@given(edits=byte_edits, cut=st.floats(0.5, 1.0))
-def test_jax_npz_bytes(files, tmp_path, edits, cut):
-    path = tmp_path / "f.npz"
-    path.write_bytes(mutate_bytes(files["jax.npz"], edits, cut))
-    only_input_errors(lambda: read_jax_npz(path))
-
-
 arrays = st.builds(lambda shape, dtype: np.zeros(shape, dtype),
                    st.lists(st.integers(0, 5), max_size=4).map(tuple),
                    st.sampled_from(["<f4", ">f4", "<f8", "<i8", "u1", "?", "<c8", "<U3", "V4"]))
@@ -115,14 +111,6 @@ def test_jax_npz_arrays(files, tmp_path, data, array):
     contents[name] = array
     np.savez(tmp_path / "f.npz", **contents)
     only_input_errors(lambda: read_jax_npz(tmp_path / "f.npz"))
-
-
-@FUZZ
-@given(edits=byte_edits, cut=st.floats(0.5, 1.0))
-def test_checkpoint_bytes(files, tmp_path, edits, cut):
-    path = tmp_path / "f.npz"
-    path.write_bytes(mutate_bytes(files["model.npz"], edits, cut))
-    only_input_errors(lambda: load_model(path))
 
 
 @FUZZ
