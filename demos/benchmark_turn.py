@@ -8,7 +8,7 @@ is timed nothing of the other is alive: no numpyvit worker processes or threads,
 (OpenMP) threads. It prints one JSON line: the seconds of each timed step (after ``--warmup``
 untimed ones), how numpyvit used the cores, the peak memory of the process during the timed
 steps (and of numpyvit's worker processes) above its size after the imports, and with ``--logits`` the logits of the
-first four images (to check that both frameworks compute the same function).
+first four images before any step (to check that both frameworks compute the same function).
 
 Contestants: ``numpyvit``; ``torch-sdpa`` and ``torch-math`` (PyTorch eager, attention by
 ``F.scaled_dot_product_attention`` or written out: demos/torch_reference.py); ``torch-compile``
@@ -124,6 +124,7 @@ def main(argv=None):
     baseline = memory_mb("VmRSS")
     make = numpyvit_contestant if args.contestant == "numpyvit" else torch_contestant
     step, logits, way, peak_mb, version = make(args)
+    first_logits = logits().tolist() if args.logits else None       # before any step changes the weights
     sync = synchronizer(args.backend)
     start = time.perf_counter()
     for _ in range(args.warmup):
@@ -138,8 +139,8 @@ def main(argv=None):
         sync()
         times.append(time.perf_counter() - start)
     report = dict(times=times, way=way, peak_mb=peak_mb(baseline), warmup_s=warmup_s, version=version)
-    if args.logits:
-        report["logits"] = logits().tolist()
+    if first_logits is not None:
+        report["logits"] = first_logits
     print(json.dumps(report))
 
 
