@@ -38,7 +38,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchmark_setup import CONFIGS, add_config_arguments, build, matmul_flops, synchronizer  # noqa: E402
 import numpyvit  # noqa: E402
-from numpyvit import parallel
+from numpyvit import parallel  # noqa: E402
 from numpyvit.engine import tuning  # noqa: E402
 from numpyvit.backend import get_xp  # noqa: E402
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchmark_setup import CONFIGS, add_config_arguments, build, numpyvit_step, synchronizer  # noqa: E402
-from numpyvit import parallel
+from numpyvit import parallel  # noqa: E402
 from numpyvit.engine import tuning  # noqa: E402
 
 
