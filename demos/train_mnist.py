@@ -1,6 +1,6 @@
 """Train a Vision Transformer on MNIST or Fashion-MNIST.
 
-    python demos/train_mnist.py                          # the "default" recipe: mnist_tiny, 21 epochs
+    python demos/train_mnist.py                          # the "default" recipe: mnist_tiny, 13 epochs
     python demos/train_mnist.py --recipe gpu             # mnist_large on CuPy
     python demos/train_mnist.py --depth 4 --epochs 3     # flags override the recipe
     python demos/train_mnist.py --resume                 # continue the run in --out after Ctrl-C

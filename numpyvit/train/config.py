@@ -34,11 +34,11 @@ class TrainConfig:
     limit_train             train on the first N training images only (quick runs, CI); None: all
     """
 
-    epochs: int = 21
+    epochs: int = 13                   # 779k images: 99.02-99.13% on MNIST over 3 seeds (see RECIPES)
     batch_size: int = 128
-    lr: float = 1.5e-3
+    lr: float = 3e-3
     min_lr: float = 1e-5
-    warmup_epochs: float = 1.0
+    warmup_epochs: float = 0.3
     weight_decay: float = 0.05
     label_smoothing: float = 0.1
     clip_norm: float | None = 1.0
@@ -103,10 +103,17 @@ class TrainConfig:
 CLOTHES = dict(hflip=True, max_translate=1.0, max_rotate=0.0, scale=(1.0, 1.0))
 
 RECIPES = {
-    # what `demos/train_mnist.py` runs with no flags: the quick CPU run
-    # (clothes need more width and time than digits: D 96 and 30 epochs took 89.3% to 90.8%)
+    # what `demos/train_mnist.py` runs with no flags: the quick CPU run. On MNIST, TrainConfig's
+    # defaults: 13 epochs at peak lr 3e-3 after 0.3 epochs of warmup reached 99.07 / 99.02 / 99.13%
+    # (seeds 0-2) having seen 778,752 images; the earlier 21 epochs at 1.5e-3 (warmup 1) needed 18
+    # epochs to pass 99.0%. Measured alone at 13 epochs (seed 0): the old settings 98.82%, lr 3e-3
+    # 98.96%, warmup 0.3 98.93%, both 99.07%; lr 4e-3 98.97%; batch 256 at 3e-3 98.93%; lighter
+    # augmentation 98.82%; no label smoothing 98.63%.
+    # (clothes need more width and time than digits: D 96 and 30 epochs took 89.3% to 90.8%, with
+    # the earlier lr 1.5e-3 and one epoch of warmup, kept for them)
     "default": dict(preset="mnist_tiny", model={}, train={}, backend=None,
-                    datasets={"fashion-mnist": dict(model=dict(embed_dim=96), train=dict(CLOTHES, epochs=30))}),
+                    datasets={"fashion-mnist": dict(model=dict(embed_dim=96),
+                                                    train=dict(CLOTHES, epochs=30, lr=1.5e-3, warmup_epochs=1.0))}),
     # .ci/run: a short run on the real MNIST files that must reach 90% test accuracy
     "ci": dict(preset="mnist_tiny", model={},
                train=dict(epochs=3, lr=2e-3, warmup_epochs=0.3, augment=False, eval_batch_size=1000),
@@ -114,7 +121,7 @@ RECIPES = {
     # a longer CPU run: 49 patches of 4x4 instead of 16 of 7x7, D 96 instead of 64 (99.19% ->
     # 99.4% on MNIST), and more epochs
     "mnist_long": dict(preset="mnist_fine", model=dict(embed_dim=96),
-                       train=dict(epochs=24, warmup_epochs=2, min_lr=1e-6), backend=None,
+                       train=dict(epochs=24, lr=1.5e-3, warmup_epochs=2, min_lr=1e-6), backend=None,
                        datasets={"fashion-mnist": dict(train=CLOTHES)}),
     # the big model, on a GPU
     "gpu": dict(preset="mnist_large", model=dict(drop_path_rate=0.1),
