@@ -82,23 +82,24 @@ def run_config(key, args, ceiling, have_torch, workdir):
         contestants += list(EAGER)
     del model
     times = {name: [] for name in contestants}
-    first = {}
-    for turn in range(max(1, -(-args.repeats // args.block))):
+    first, last = {}, {}                     # logits from the first turn; memory from the last (by then
+    for turn in range(max(1, -(-args.repeats // args.block))):   # nothing is measured or compiled first)
         for name in contestants:
             time.sleep(args.settle)
             report = take_turn(name, key, args, weights, logits=turn == 0)
             times[name] += report["times"]
             first.setdefault(name, report)
+            last[name] = report
     seconds = {name: float(np.median(t)) for name, t in times.items()}
     row = dict(config=key, description=description, batch=batch, training=training, way=first["numpyvit"]["way"],
                numpyvit_img_s=batch / seconds["numpyvit"], gflops=flops / seconds["numpyvit"] / 1e9,
-               numpyvit_mb=first["numpyvit"]["peak_mb"])
+               numpyvit_mb=last["numpyvit"]["peak_mb"])
     row["ceiling_fraction"] = row["gflops"] / ceiling
     if have_torch:
         best = min(EAGER, key=seconds.get)
         ours = np.array(first["numpyvit"]["logits"])
         row.update({f"{name}_img_s": batch / seconds[name] for name in EAGER})
-        row.update(torch_img_s=batch / seconds[best], attention=best.split("-")[1], torch_mb=first[best]["peak_mb"],
+        row.update(torch_img_s=batch / seconds[best], attention=best.split("-")[1], torch_mb=last[best]["peak_mb"],
                    max_logit_diff=max(float(np.abs(ours - np.array(first[name]["logits"])).max()) for name in EAGER))
         row["ratio"] = row["numpyvit_img_s"] / row["torch_img_s"]
         if args.compile:
