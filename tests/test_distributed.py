@@ -30,8 +30,8 @@ from test_train import tiny_dataset
 def model(**kw):
     return numpyvit.create_model("mnist_tiny", embed_dim=16, depth=2, num_heads=2, **kw)
 
-def config(**kw):
-    return TrainConfig(**dict(dict(epochs=2, batch_size=16, log_every=2, eval_batch_size=16), **kw))
+def config(**kw):   # warmup covers epoch 1, so a 1-epoch run's schedule is the first epoch of a longer one
+    return TrainConfig(**dict(dict(epochs=2, batch_size=16, log_every=2, eval_batch_size=16, warmup_epochs=1.0), **kw))
 
 rank = numpyvit.distributed.world().rank
 {body}
@@ -57,7 +57,8 @@ def test_two_ranks_end_with_the_weights_of_one_process(tmp_path):
     done = run_ranks(tmp_path, body)
     assert done.returncode == 0, done.stderr
     one = numpyvit.create_model("mnist_tiny", embed_dim=16, depth=2, num_heads=2, dtype="float64")
-    fit(one, tiny_dataset(), TrainConfig(epochs=2, batch_size=16, log_every=2, eval_batch_size=16, augment=False),
+    fit(one, tiny_dataset(), TrainConfig(epochs=2, batch_size=16, log_every=2, eval_batch_size=16, augment=False,
+                                         warmup_epochs=1.0),
         tmp_path / "one", log=None)
     a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
     for name in a:
