@@ -4,7 +4,7 @@ Learners read the docstrings to learn the math, so each formula stated there tha
 can evaluate is evaluated here, from the text's own symbols, independently of the layer code:
 a gradient formula against central differences of the forward it belongs to, an identity on
 random inputs, a constant or bound by direct computation. If a docstring changes its math, the
-test named for it says which one. 19 formulas in all (counted in the test names' docstrings).
+test named for it says which one. 17 tests evaluate 33 stated formulas.
 """
 import math
 
