@@ -111,7 +111,8 @@ QUERY = "Transformer/encoderblock_0/MultiHeadDotProductAttention_1/query/"
     ("Transformer/encoderblock_1/LayerNorm_0/scale", lambda s: np.float32(1.0), "LayerNorm_0/scale \\(\\), expected"),
     ("Transformer/encoderblock_0/MultiHeadDotProductAttention_1/out/kernel", lambda k: k.reshape(192, 3, 64),
      "out/kernel \\(192, 3, 64\\), expected \\(3, 64, 192\\)"),
-], ids=["query-kernel-(H,d,D)", "qkv-bias-(d,H)", "layernorm-scale-0d", "out-kernel-(D,H,d)"])
+    (QUERY + "bias", lambda b: np.zeros(b.shape, "V4"), "tensors that are not numbers: .*query/bias \\(\\|V4\\)"),
+], ids=["query-kernel-(H,d,D)", "qkv-bias-(d,H)", "layernorm-scale-0d", "out-kernel-(D,H,d)", "void-dtype (found by fuzzing)"])
 def test_a_jax_tensor_in_another_layout_is_refused_not_loaded_wrong(tmp_path, jax_arrays, name, change, message):
     jax_arrays[name] = change(jax_arrays[name])
     np.savez(tmp_path / "j.npz", **jax_arrays)

@@ -116,6 +116,10 @@ def from_jax(arrays, source="the checkpoint"):
     """{timm name: array} from {JAX name: array} (see the table above); shapes checked first."""
     jax = _strip_prefix(arrays, _prefix(arrays, source))
     check_shapes({name: np.shape(value) for name, value in jax.items()}, source)
+    not_numbers = sorted(name for name, value in jax.items() if np.asarray(value).dtype.kind not in "fiu")
+    if not_numbers:
+        raise JaxCheckpointError(f"{source}: tensors that are not numbers: "
+                                 + ", ".join(f"{n} ({np.asarray(jax[n]).dtype})" for n in not_numbers[:6]))
     used = set()
 
     def take(name):

@@ -195,7 +195,10 @@ def guess_preset(state):
 def _adapt(model, state, keep_head, source):
     """The file's tensors made to fit ``model``: a new head, resampled position embeddings,
     patch kernels summed to one channel."""
-    state = {name: np.asarray(value, dtype=model.dtype) for name, value in state.items()}
+    try:
+        state = {name: np.asarray(value, dtype=model.dtype) for name, value in state.items()}
+    except (TypeError, ValueError) as err:
+        raise WeightsError(f"{source}: a tensor cannot be read as {model.dtype} numbers ({err})") from None
     if not keep_head:                                                # a fresh head, as VisionTransformer makes it
         fresh = new_head(model)
         state["head.weight"], state["head.bias"] = (np.asarray(fresh.weight.data), np.asarray(fresh.bias.data))
