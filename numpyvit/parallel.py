@@ -2,7 +2,7 @@
 
 NumPy runs elementwise operations, reductions and stacks of small matrix products on one
 core; only large matrix products (BLAS) use all of them, on BLAS's own thread pool. numpyvit
-uses the other cores in one of four ways, chosen per model and batch by ``numpyvit.engine.tuning``
+uses the other cores by one of four strategies, chosen per model and batch by ``numpyvit.engine.tuning``
 from measurements on the machine it runs on:
 
   processes  every core runs the whole model on its slice of the batch, in worker processes

@@ -1,7 +1,7 @@
 """A setting that holds one value per thread, changed for the length of a ``with`` block.
 
 numpyvit's switches are of this kind: the grad mode (``numpyvit.no_grad``), building layers without
-random initialization (``layers.base.initialization``) and the way of using the cores that
+random initialization (``layers.base.initialization``) and the strategy for using the cores that
 ``numpyvit.engine.tuning`` forces while it measures. Per thread, because numpyvit's worker threads run
 other work at the same time under the setting of the thread that started them.
 """

@@ -5,7 +5,7 @@
     shards        one shard of the batch per core on threads (ThreadShards); the shard splitter
                   and gradient sum that threads, processes and MPI share
     workers       the same shards in worker processes (ProcessShards), over shared memory
-    runner        CpuRunner: runs one model the chosen way (registered with numpyvit.execution)
+    runner        CpuRunner: runs one model by the chosen strategy (registered with numpyvit.execution)
 
 The layers never import this package; they use the low floor numpyvit.parallel. Importing
 numpyvit imports the engine, which registers its runner, so every NumPy model uses it.

@@ -1,4 +1,4 @@
-"""Runs a NumPy model on this machine's CPU cores, the way ``numpyvit.engine.tuning`` chose.
+"""Runs a NumPy model on this machine's CPU cores, by the strategy ``numpyvit.engine.tuning`` chose.
 
 The strategies (numpyvit.parallel explains them): 'processes' and 'threads' cut the batch into
 one shard per core (numpyvit.engine.workers, numpyvit.engine.shards), 'split' and 'blas' run the
