@@ -113,6 +113,7 @@ class ThreadShards:
 
     def __init__(self, model, count):
         self.models = [model] + [replicate(model) for _ in range(count - 1)]
+        self.params = [m.parameters() for m in self.models]         # the same objects every step
         self.rows = None
 
     def forward(self, x):
@@ -130,9 +131,8 @@ class ThreadShards:
         """dx of the whole batch; every shard's parameter gradients end up summed in the model's."""
         dxs = run_on_threads([(lambda m=m, r=r: m.backward_stages(dlogits[r]))
                               for m, r in zip(self.models, self.rows)])
-        for replica in self.models[1:]:
-            shared = replica.parameters()
-            add_gradients(self.models[0].parameters(), [p.grad for p in shared], keep=True)
+        for shared in self.params[1:]:
+            add_gradients(self.params[0], [p.grad for p in shared], keep=True)
             for p in shared:
                 p.grad = None
         return np.concatenate(dxs)
