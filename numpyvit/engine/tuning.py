@@ -234,7 +234,8 @@ def choose_strategy(model, batch):
         return strategy if strategy in strategies else strategies[0]
     if len(strategies) == 1:
         return strategies[0]
-    apply_settings()
+    with _counted():
+        apply_settings()                                             # measures the sizes the first time
     if not tuning_enabled():
         return default_strategy(batch, threads)
     training = model.training and grad_enabled()
@@ -242,11 +243,22 @@ def choose_strategy(model, batch):
     if _decisions.get(key) not in strategies:
         entry = machine_entry().get("workloads", {}).get(key)
         if entry is None or entry.get("strategy") not in strategies:
-            entry = measure(model, batch, strategies, training, key)
+            with _counted():
+                entry = measure(model, batch, strategies, training, key)
             if _refused["processes"] is None and not entry.get("unmeasured"):   # (a full /dev/shm is the
                 _update_cache(lambda cache_entry: cache_entry["workloads"].update({key: entry}))   # container's)
         _decisions[key] = entry["strategy"]
     return _decisions[key]
+
+
+@contextlib.contextmanager
+def _counted():
+    """Time spent inside is measuring the machine (``seconds_measuring``; left out of img/s)."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        _spent["seconds"] += time.perf_counter() - start
 
 
 def measure(model, batch, strategies, training, key=None):
@@ -262,7 +274,6 @@ def measure(model, batch, strategies, training, key=None):
     with _untouched(model, training):
         images = measuring_batch(model, batch, strategies, training, key)
         if images is None:                                           # not worth it for this run
-            _spent["seconds"] += time.perf_counter() - started
             strategy = default_strategy(batch, parallel.num_threads())
             _say(f"numpyvit: this run is too short to repay measuring how to use the cores; it runs on {strategy} "
                  "(a longer run measures, once)", once=True)
@@ -290,7 +301,6 @@ def measure(model, batch, strategies, training, key=None):
         best = "threads"                                             # close: threads cost no extra memory
     model.runner.release(keep=best)
     seconds = time.perf_counter() - started
-    _spent["seconds"] += seconds
     _say(f"numpyvit: measured in {seconds:.1f} s: {best} (left out of the training's img/s)")
     return dict(strategy=best, ms={strategy: round(t * 1e3, 2) for strategy, t in times.items()}, images=images,
                 seconds=round(seconds, 2))
