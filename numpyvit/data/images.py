@@ -27,6 +27,7 @@ import numpy as np
 from ..errors import InputError, MissingInputError
 from .loader import normalize
 
+MIN_CROP_PCT = 0.25      # a smaller crop would resize a photo to 4x the model's input per side and more
 TIMM_VIT_PREPROCESSING = dict(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), crop_pct=0.9)   # timm's ViT default
 MAX_PIXELS = 64 * 2**20                # 64 megapixels: 8 x 8 k, far beyond any photo a ViT needs
 
@@ -87,13 +88,21 @@ def _to_8_bit(image):
     return Image.fromarray(np.rint(scaled).astype(np.uint8), mode="L")
 
 
+def check_crop_pct(crop_pct, source=None):
+    """InputError unless crop_pct (the share of the resized image the center crop keeps: 0.875 or
+    0.9 for timm's ViTs) is a number in [MIN_CROP_PCT, 1]; ``source`` names where it came from."""
+    if isinstance(crop_pct, bool) or not isinstance(crop_pct, (int, float)) or not MIN_CROP_PCT <= crop_pct <= 1:
+        where = f"{source}: " if source else ""
+        raise InputError(f"{where}crop_pct must be a number in [{MIN_CROP_PCT}, 1] (the share of the resized "
+                         f"image the center crop keeps: 0.875 or 0.9 for timm's ViTs), got {crop_pct!r}")
+
+
 def resize_and_crop(image, img_size, crop_pct=0.9, source="the image"):
     """Steps 1 and 2 above: a Pillow image of img_size (an int, or (height, width)); ImageError if
     the resize would need more than MAX_PIXELS (``source`` names the image in the message)."""
     from PIL import Image
 
-    if isinstance(crop_pct, bool) or not isinstance(crop_pct, (int, float)) or not 0.25 <= crop_pct <= 1:
-        raise InputError(f"crop_pct must be a number in [0.25, 1], got {crop_pct!r}")
+    check_crop_pct(crop_pct)
     out_h, out_w = (img_size, img_size) if isinstance(img_size, int) else img_size
     target_h, target_w = math.floor(out_h / crop_pct), math.floor(out_w / crop_pct)
     w, h = image.size

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.images import TIMM_VIT_PREPROCESSING, imagenet_classes
-from ..errors import ConfigError
+from ..data.images import TIMM_VIT_PREPROCESSING, check_crop_pct, imagenet_classes
+from ..errors import ConfigError, InputError
 from ..io import CHECKPOINT_NAME, META_KEY, CheckpointError, load_arrays, prefixed
 from ..layers import Linear
 from ..model import VisionTransformer
@@ -36,7 +36,6 @@ from .jax_npz import read_jax_npz
 from .resample import resample_pos_embed
 from .safetensors import read_safetensors, write_safetensors
 
-MIN_CROP_PCT = 0.25     # a smaller crop would resize a photo to 4x the model's input per side and more
 ARCHITECTURE = ("patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio")   # a preset and a file must agree
 
 
@@ -74,7 +73,7 @@ def read_weights(path):
 
 def check_info(info, source):
     """``info`` with its preprocessing checked: mean and std one or three finite numbers (std > 0),
-    crop_pct in (0, 1], classes a list of strings, config a mapping; WeightsError otherwise."""
+    crop_pct in [0.25, 1], classes a list of strings, config a mapping; WeightsError otherwise."""
     def numbers(key):
         value = info[key]
         values = list(value) if isinstance(value, (list, tuple)) else [value]
@@ -86,10 +85,10 @@ def check_info(info, source):
     numbers("mean")
     if min(numbers("std")) <= 0:
         raise WeightsError(f"{source}: std must be positive, got {info['std']!r}")
-    crop = info["crop_pct"]
-    if isinstance(crop, bool) or not isinstance(crop, (int, float)) or not MIN_CROP_PCT <= crop <= 1:
-        raise WeightsError(f"{source}: crop_pct must be a number in [{MIN_CROP_PCT}, 1] (the share of the resized "
-                           f"image the center crop keeps: 0.875 or 0.9 for timm's ViTs), got {crop!r}")
+    try:
+        check_crop_pct(info["crop_pct"], str(source))
+    except InputError as err:
+        raise WeightsError(str(err)) from None
     classes = info["classes"]
     if classes is not None and not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
         raise WeightsError(f"{source}: classes must be a list of class names (strings), got {str(classes)[:80]}")
