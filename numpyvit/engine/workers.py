@@ -6,8 +6,8 @@ waits to be woken. A shard of a small model makes thousands of NumPy calls of ~1
 so two threads spend a third of the step waiting for each other (mnist_tiny: 2,400 img/s on two
 threads, 3,300 img/s in two processes). A worker process has an interpreter of its own.
 
-Each worker is a ``python`` running ``numpyvit.engine.workers.main``, started when the model first needs it and stopped
-with the model (or at exit). It builds a replica from the model's config, whose parameters are
+Each worker is a ``python`` running ``numpyvit.engine.workers.main``, started when the model
+first needs it and stopped with the model (or at exit). It builds a replica from the model's config, whose parameters are
 views of one shared-memory file: the model copies its weights there before every forward. Per
 worker, a second shared-memory file holds its shard's images, logits, dlogits, input gradient
 and, unless the forward runs under no_grad, parameter gradients. Commands and replies are one
@@ -17,7 +17,7 @@ them, so nothing is left behind even if a process is killed (POSIX systems only;
 numpyvit uses threads). Each file's pages are reserved when it is made (``posix_fallocate``):
 shared memory is a size-limited file system (Docker gives a container 64 MB), and touching a page
 past its limit kills the process with SIGBUS. Reserving turns that into a SharedMemoryError up
-front, on which numpyvit.model goes on without worker processes (numpyvit.engine.tuning.refuse_processes).
+front, on which the runner goes on without worker processes (numpyvit.engine.runner).
 """
 import json
 import mmap
