@@ -24,9 +24,9 @@ import numpyvit.data
 import numpyvit.distributed
 from numpyvit import VisionTransformer
 from numpyvit.errors import InputError
-from numpyvit.io import CHECKPOINT_NAME, load_arrays
+from numpyvit.io import load_arrays
 from numpyvit.presets import check_config
-from numpyvit.train import TrainConfig, TrainingError, TrainingInterrupted, fit
+from numpyvit.train import TrainConfig, TrainingError, TrainingInterrupted, fit, refuse_to_overwrite
 from numpyvit.train.config import CLOTHES
 from numpyvit.train.progress import format_duration
 from numpyvit.weights.pretrained import new_head
@@ -137,8 +137,8 @@ def main(argv=None):
     root = numpyvit.distributed.world().is_root                     # under mpiexec: rank 0 speaks and writes
     say = print if root else (lambda *a, **k: None)
     try:
-        if not args.resume and (out / CHECKPOINT_NAME).exists():      # refused before anything is read or written
-            raise TrainingError(f"{out} already holds a checkpoint: continue it with --resume, or use another --out")
+        if not args.resume:
+            refuse_to_overwrite(out)                                 # before anything is read or written
         model, ds, train = resume(args) if args.resume else build(args)
         if args.freeze_backbone:
             freeze_backbone(model)

@@ -16,11 +16,11 @@ checkpoint holds, resume checks), ``metrics.py`` (evaluate), ``config.py`` (Trai
 """
 from .config import RECIPES, TrainConfig, recipe
 from .history import CURVES_NAME, HISTORY_NAME
-from .loop import fit
+from .loop import fit, refuse_to_overwrite
 from .metrics import Evaluation, evaluate
 from .stops import NonFiniteLossError, TrainingError, TrainingInterrupted
 
 __all__ = [
     "CURVES_NAME", "Evaluation", "HISTORY_NAME", "NonFiniteLossError", "RECIPES", "TrainConfig", "TrainingError",
-    "TrainingInterrupted", "evaluate", "fit", "recipe",
+    "TrainingInterrupted", "evaluate", "fit", "recipe", "refuse_to_overwrite",
 ]

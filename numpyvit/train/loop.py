@@ -91,10 +91,8 @@ def _fit(model, dataset, config, out_dir, resume, log, world):
         where = f"epoch {state.epoch}" + (f", step {state.epoch_step}/{steps_per_epoch} of epoch "
                                           f"{state.epoch + 1}" if state.epoch_step else "")
         progress.note(f"resuming {path} after {where}" + "".join(f"\n  changed: {note}" for note in notes))
-    elif path.exists():
-        raise TrainingError(f"{out_dir} already holds a checkpoint: resume it (resume=True, --resume), "
-                            "or train into another folder")
     else:
+        refuse_to_overwrite(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         distributed.broadcast_parameters(world, model)                  # every rank starts from rank 0's weights
         state = TrainState(data_rng=np.random.default_rng([config.seed, 1]),
@@ -122,6 +120,13 @@ def _fit(model, dataset, config, out_dir, resume, log, world):
         if state.history and world.is_root:
             _plot_curves(history, out_dir / CURVES_NAME, progress)
     return history
+
+
+def refuse_to_overwrite(out_dir):
+    """TrainingError if ``out_dir`` already holds a checkpoint (a new run must not overwrite it)."""
+    if (Path(out_dir) / CHECKPOINT_NAME).exists():
+        raise TrainingError(f"{out_dir} already holds a checkpoint: resume it (resume=True, --resume), "
+                            "or train into another folder")
 
 
 def background(mean, std):
