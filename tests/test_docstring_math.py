@@ -16,20 +16,12 @@ from numpyvit.layers.activations import Q32
 from numpyvit.layers.base import Parameter
 from numpyvit.layers.tokens import sincos_table_2d
 from numpyvit.special import P32, erf, horner
+from finite_differences import central_differences
 
 
 def numeric_grad(f, x, h=1e-6):
-    """d sum(f(x)) / dx by central differences, element by element (float64)."""
-    grad = np.zeros_like(x)
-    for i in np.ndindex(x.shape):
-        old = x[i]
-        x[i] = old + h
-        up = f(x)
-        x[i] = old - h
-        down = f(x)
-        x[i] = old
-        grad[i] = (up - down) / (2 * h)
-    return grad
+    """d f(x) / dx by central differences, element by element (f returns a scalar)."""
+    return central_differences(lambda: f(x), x, h)
 
 
 def softmax(s):
