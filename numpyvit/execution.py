@@ -30,9 +30,6 @@ class PlainRunner:
     def __init__(self, model):
         self.model = model
 
-    def strategy(self, batch):
-        return "plain"
-
     def forward(self, x):
         return self.model.forward_stages(x), "plain"
 
