@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from numpyvit.data import (Dataset, DatasetNotFoundError, IDXError, RandomAffine, iterate_batches,
-                           load_dataset, normalize, read_idx, write_idx)
+from numpyvit.data import (Dataset, DatasetNotFoundError, IDXError, RandomAffine, RandomErasing, chain,
+                           iterate_batches, load_dataset, normalize, read_idx, write_idx)
 from numpyvit.data import datasets
 from numpyvit.data.augment import affine_transform
 
@@ -396,6 +396,41 @@ def test_random_affine_refuses_bad_ranges():
         RandomAffine(scale=(1.1, 0.9))
     with pytest.raises(ValueError, match=">= 0"):
         RandomAffine(max_rotate=-1)
+
+
+def test_random_erasing_replaces_one_rectangle_in_about_p_of_the_images():
+    x = np.full((400, 2, 28, 28), 7.0, dtype=np.float32)             # 7 never comes from N(0, 1) in practice
+    out = RandomErasing(p=0.5)(x, np.random.default_rng(0))
+    assert out.shape == x.shape and out.dtype == np.float32
+    changed = out != 7.0                                             # (B, C, H, W)
+    np.testing.assert_array_equal(changed[:, 0], changed[:, 1])     # one rectangle through all channels
+    erased = changed.any(axis=(1, 2, 3))
+    assert 160 < erased.sum() < 240
+    for mask in changed[erased, 0]:
+        rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+        assert mask[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1].all() and mask.sum() == len(rows) * len(cols)
+        assert mask.sum() <= 0.4 * 28 * 28 * 1.15 + 2 * 28           # area <= 0.4 up to rounding and clipping
+    noise = out[changed]
+    assert abs(noise.mean()) < 0.05 and abs(noise.std() - 1) < 0.05
+    np.testing.assert_array_equal(out, RandomErasing(p=0.5)(x, np.random.default_rng(0)))
+
+
+def test_random_erasing_edge_cases_and_bad_settings():
+    x = np.zeros((8, 1, 4, 4), dtype=np.float32)
+    np.testing.assert_array_equal(RandomErasing(p=0.0)(x, np.random.default_rng(0)), x)
+    full = RandomErasing(p=1.0, area=(1.0, 1.0), ratio=(1.0, 1.0))(x, np.random.default_rng(0))
+    assert np.all(full != 0)                                         # the whole image is noise
+    for bad in (dict(p=1.5), dict(area=(0.5, 0.2)), dict(area=(0.0, 0.3)), dict(ratio=(2.0, 1.0))):
+        with pytest.raises(ValueError):
+            RandomErasing(**bad)
+
+
+def test_chain_applies_augmentations_in_order():
+    def add(value):
+        return lambda x, rng: x + value
+    assert chain([]) is None
+    x = np.ones((2, 1, 3, 3), dtype=np.float32)
+    np.testing.assert_array_equal(chain([add(1), lambda x, rng: x * 10])(x, None), x * 20)
 
 
 # ---------------------------------------------------------------- the real files

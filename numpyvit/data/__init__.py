@@ -8,7 +8,7 @@ augmentation.
         ...                                                     # x (B, 1, 28, 28) float32, y (B,) int64
     photos = load_image_folder("photos/", img_size=224)         # one subfolder per class, RGB
 """
-from .augment import RandomAffine
+from .augment import RandomAffine, RandomErasing, chain
 from .datasets import Dataset, DatasetNotFoundError, load_dataset
 from .folder import load_image_folder, resize_dataset
 from .images import eval_transform, imagenet_classes, load_image, prepare_photos
@@ -17,6 +17,6 @@ from .loader import iterate_batches, normalize
 
 __all__ = [
     "read_idx", "write_idx", "IDXError", "load_dataset", "Dataset", "DatasetNotFoundError",
-    "normalize", "iterate_batches", "RandomAffine", "load_image_folder", "resize_dataset", "eval_transform",
+    "normalize", "iterate_batches", "RandomAffine", "RandomErasing", "chain", "load_image_folder", "resize_dataset", "eval_transform",
     "imagenet_classes", "load_image", "prepare_photos",
 ]

@@ -1,5 +1,5 @@
-"""Random affine augmentation (rotation, scale, translation, optional mirroring) for a whole
-batch at once.
+"""Augmentation for a whole batch at once: random affine maps (rotation, scale, translation,
+optional mirroring) and random erasing; ``chain`` applies several in order.
 
 B batch, C channels, H x W image size; P = H * W pixels per image.
 
@@ -115,3 +115,61 @@ class RandomAffine:
     def __repr__(self):
         return (f"RandomAffine(max_translate={self.max_translate}, max_rotate={self.max_rotate}, "
                 f"scale={self.scale}, fill={self.fill}, hflip={self.hflip})")
+
+
+class RandomErasing:
+    """Random erasing (Zhong et al. 2017, "Random Erasing Data Augmentation"): each image, with
+    probability ``p``, gets one rectangle of its pixels replaced by noise, so the model cannot
+    lean on any one part of the image.
+
+    Per erased image: area fraction a uniform in ``area``, aspect ratio r = h / w log-uniform in
+    ``ratio``; h = round(sqrt(a H W r)) and w = round(sqrt(a H W / r)), each clipped to [1, H]
+    and [1, W]; the top-left corner is uniform over the places where the rectangle fits. Every
+    pixel inside (all channels) gets an independent N(0, 1) value: noise on the scale of
+    normalized images, so erase after normalizing (as ``fit`` does).
+
+    Call it as ``erase(x, rng)`` with x (B, C, H, W) float and a ``numpy.random.Generator``;
+    it returns a new (B, C, H, W) float32 array.
+    """
+
+    def __init__(self, p=0.5, area=(0.02, 0.4), ratio=(0.3, 1 / 0.3)):   # the paper's values
+        if not 0 <= p <= 1:
+            raise ValueError(f"p (the share of images erased) must be in [0, 1], got {p}")
+        if not 0 < area[0] <= area[1] <= 1 or not 0 < ratio[0] <= ratio[1]:
+            raise ValueError(f"need 0 < area[0] <= area[1] <= 1 and 0 < ratio[0] <= ratio[1], got "
+                             f"area={area}, ratio={ratio}")
+        self.p, self.area, self.ratio = float(p), tuple(map(float, area)), tuple(map(float, ratio))
+
+    def __call__(self, x, rng):
+        B, C, H, W = x.shape
+        erased = rng.random(B) < self.p                                           # (B,)
+        area = rng.uniform(*self.area, B) * (H * W)                               # (B,) pixels
+        r = np.exp(rng.uniform(np.log(self.ratio[0]), np.log(self.ratio[1]), B))  # (B,) h / w
+        h = np.clip(np.rint(np.sqrt(area * r)), 1, H).astype(np.intp)            # (B,)
+        w = np.clip(np.rint(np.sqrt(area / r)), 1, W).astype(np.intp)
+        top = (rng.random(B) * (H - h + 1)).astype(np.intp)                       # (B,) in 0..H-h
+        left = (rng.random(B) * (W - w + 1)).astype(np.intp)
+        rows = np.arange(H)[None, :, None]                                        # (1, H, 1)
+        cols = np.arange(W)[None, None, :]                                        # (1, 1, W)
+        inside = ((rows >= top[:, None, None]) & (rows < (top + h)[:, None, None])
+                  & (cols >= left[:, None, None]) & (cols < (left + w)[:, None, None])
+                  & erased[:, None, None])                                        # (B, H, W)
+        noise = rng.standard_normal(x.shape, dtype=np.float32)                    # (B, C, H, W)
+        return np.where(inside[:, None], noise, x).astype(np.float32, copy=False)
+
+    def __repr__(self):
+        return f"RandomErasing(p={self.p}, area={self.area}, ratio={self.ratio})"
+
+
+def chain(augmentations):
+    """One augmentation ``(x, rng) -> x`` that applies ``augmentations`` in order; None if the
+    list is empty (no augmentation)."""
+    augmentations = list(augmentations)
+    if not augmentations:
+        return None
+
+    def augment(x, rng):
+        for one in augmentations:
+            x = one(x, rng)
+        return x
+    return augment

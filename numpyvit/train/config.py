@@ -28,6 +28,8 @@ class TrainConfig:
     augment                 RandomAffine on the training images: shifts up to +-max_translate
                             pixels, rotations up to +-max_rotate degrees, zoom in ``scale``,
                             and with ``hflip`` left-right mirroring of half the images
+    erase                   share of training images given random erasing (one rectangle of
+                            noise, numpyvit.data.RandomErasing) after the affine map; 0: none
     eval_batch_size         images per forward pass when evaluating
     seed                    seeds the data order, the augmentation and the dropout masks
     log_every               steps between progress updates (each reads the loss from the device)
@@ -47,6 +49,7 @@ class TrainConfig:
     max_rotate: float = 10.0
     scale: tuple = (0.9, 1.1)
     hflip: bool = False
+    erase: float = 0.0
     eval_batch_size: int = 500
     seed: int = 0
     log_every: int = 20
@@ -54,7 +57,7 @@ class TrainConfig:
 
     def __post_init__(self):
         for name in ("lr", "min_lr", "warmup_epochs", "weight_decay", "label_smoothing", "max_translate",
-                     "max_rotate") + (("clip_norm",) if self.clip_norm is not None else ()):
+                     "max_rotate", "erase") + (("clip_norm",) if self.clip_norm is not None else ()):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value != value:
                 raise ConfigError(f"TrainConfig.{name} must be a number, got {value!r}")
@@ -74,6 +77,8 @@ class TrainConfig:
         if self.warmup_epochs < 0 or self.weight_decay < 0:
             raise ConfigError(f"warmup_epochs and weight_decay must be >= 0, got {self.warmup_epochs} "
                              f"and {self.weight_decay}")
+        if not 0 <= self.erase <= 1:
+            raise ConfigError(f"erase (the share of images erased) must be in [0, 1], got {self.erase}")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.clip_norm is not None and not self.clip_norm > 0:

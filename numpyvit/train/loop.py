@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import distributed, viz
-from ..data import RandomAffine, iterate_batches
+from ..data import RandomAffine, RandomErasing, chain, iterate_batches
 from ..engine import tuning
 from ..engine.shards import split_rows
 from ..errors import ConfigError
@@ -156,11 +156,10 @@ class _Loop:
         self.total_steps = config.epochs * self.steps_per_epoch
         self.warmup_steps = round(config.warmup_epochs * self.steps_per_epoch)
         self.criterion = CrossEntropyLoss(config.label_smoothing)
-        self.augment = None
-        if config.augment:
-            self.augment = RandomAffine(max_translate=config.max_translate, max_rotate=config.max_rotate,
-                                        scale=config.scale, fill=background(dataset.mean, dataset.std),
-                                        hflip=config.hflip)
+        affine = RandomAffine(max_translate=config.max_translate, max_rotate=config.max_rotate, scale=config.scale,
+                              fill=background(dataset.mean, dataset.std), hflip=config.hflip)
+        erase = RandomErasing(config.erase)
+        self.augment = chain(([affine] if config.augment else []) + ([erase] if config.erase else []))
         self.session_start = time.perf_counter()
         self.session_steps = 0
 
