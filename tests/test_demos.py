@@ -225,3 +225,18 @@ def test_benchmark_scaling_prints_a_row_per_variation(capsys):
     scaling.main(["--batch", "4", "--repeats", "1"])
     rows = capsys.readouterr().out.splitlines()[2:]
     assert len(rows) == len(scaling.VARIATIONS) and all(float(row.split()[4]) > 0 for row in rows)
+
+
+def test_plot_runs_draws_and_summarizes_the_seeds(tmp_path, synthetic, capsys):
+    runs = []
+    for seed in (0, 1):
+        runs.append(tmp_path / f"run{seed}")
+        assert demo("train_mnist").main(["--epochs", "2", "--seed", str(seed), "--out", str(runs[-1]), *TINY]) == 0
+    capsys.readouterr()
+    assert demo("plot_runs").main([*map(str, runs), "--out", str(tmp_path / "t.png")]) == 0
+    out = capsys.readouterr().out
+    assert "mnist seed 0:" in out and "mnist seed 1:" in out and "after 128 images" in out and "range" in out
+    assert (tmp_path / "t.png").stat().st_size > 1000
+    assert demo("plot_runs").main([str(runs[0]), str(runs[0])]) == 1                     # one label twice
+    assert demo("plot_runs").main([str(tmp_path / "nothing")]) == 1
+    assert "not a readable numpyvit history.json" in capsys.readouterr().err

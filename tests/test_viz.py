@@ -180,7 +180,7 @@ def test_every_figure_renders(tmp_path):
     images = rng.integers(0, 256, (3, 28, 28)).astype(np.uint8)
     classes = tuple(str(d) for d in range(10))
     history = {"epochs": [dict(epoch=e, train_loss=1 / e, train_acc=1 - .3 / e, test_loss=1.2 / e,
-                               test_acc=1 - .4 / e, lr=1e-3, time=e) for e in (1, 2, 3)]}
+                               test_acc=1 - .4 / e, lr=1e-3, time=e, images=100 * e) for e in (1, 2, 3)]}
     paths = [
         viz.plot_attention_heads(images[0], rng.dirichlet(np.ones(16), (2, 3)).reshape(2, 3, 4, 4),
                                  tmp_path / "heads.png"),
@@ -190,12 +190,22 @@ def test_every_figure_renders(tmp_path):
         viz.plot_patch_filters(*viz.patch_filter_pca(rng.normal(size=(16, 3, 4, 4)), 5), tmp_path / "pca3.png"),
         viz.plot_attention_distance(rng.uniform(0, 10, (4, 3)), tmp_path / "dist.png", uniform=9.0),
         viz.plot_training_curves(history, tmp_path / "curves.png"),
+        viz.plot_time_to_accuracy({"mnist seed 0": history, "mnist seed 1": history, "fashion seed 0": history},
+                                  tmp_path / "time.png"),
         viz.plot_confusion_matrix(rng.integers(0, 9, (10, 10)), classes, tmp_path / "sub" / "cm.png"),
         viz.plot_mistakes(images, [1, 2, 3], [4, 5, 6], classes, tmp_path / "wrong.png", confidence=[.9, .8, .7]),
         viz.plot_mistakes(images[:0], [], [], classes, tmp_path / "none_wrong.png"),
     ]
     for path in paths:
         assert_drawn(path)
+
+
+def test_time_to_accuracy_needs_images_seen():
+    old = {"epochs": [dict(epoch=1, test_acc=0.9, time=10.0)]}                # numpyvit < 0.5 wrote no "images"
+    with pytest.raises(ValueError, match="'images'"):
+        viz.plot_time_to_accuracy({"old": old}, "never.png")
+    with pytest.raises(ValueError, match="no runs"):
+        viz.plot_time_to_accuracy({}, "never.png")
 
 
 def test_read_image(tmp_path):

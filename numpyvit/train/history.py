@@ -3,10 +3,11 @@
 
     {"config": {"model": {...}, "train": {...}, "dataset": "mnist", "data": {...}},
      "epochs": [{"epoch": 1, "train_loss": ..., "train_acc": ..., "test_loss": ..., "test_acc": ...,
-                 "lr": ..., "time": ..., "images_per_sec": ...}, ...]}
+                 "lr": ..., "time": ..., "images_per_sec": ..., "images": ...}, ...]}
 Accuracies are fractions in [0, 1]; ``lr`` is the rate of the epoch's last step; ``time`` is the
 seconds since training began, summed over resumed sessions; ``images_per_sec`` counts training
-steps only. train_* are running means over the epoch (with dropout and augmentation on);
+steps only; ``images`` is the training images seen so far (steps x batch size; not in histories
+written before numpyvit 0.5). train_* are running means over the epoch (with dropout and augmentation on);
 test_loss uses the training label smoothing, so the two losses are comparable. config: the
 model's keywords, the TrainConfig, the dataset name, and "data": the training/test set sizes,
 the normalization mean/std and the class names.

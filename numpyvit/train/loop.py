@@ -230,7 +230,8 @@ class _Loop:
         state.elapsed = elapsed_at_start + time.perf_counter() - epoch_start
         state.history.append(dict(
             epoch=epoch, train_loss=train_loss, train_acc=state.partial["correct"] / seen, test_loss=result.loss,
-            test_acc=result.accuracy, lr=self.optimizer.lr, time=state.elapsed, images_per_sec=seen / seconds))
+            test_acc=result.accuracy, lr=self.optimizer.lr, time=state.elapsed, images_per_sec=seen / seconds,
+            images=state.step * config.batch_size))
         state.epoch, state.epoch_step, state.order, state.partial = epoch, 0, None, None
         self._save(state)
 

@@ -18,8 +18,8 @@ from .analysis import (attention_rollout, cls_attention_maps, confusion_matrix, 
 
 PLOT_NAMES = (
     "plot_attention_distance", "plot_attention_heads", "plot_attention_rollout", "plot_confusion_matrix",
-    "plot_mistakes", "plot_patch_filters", "plot_position_similarity", "plot_saliency", "plot_training_curves",
-    "read_image",
+    "plot_mistakes", "plot_patch_filters", "plot_position_similarity", "plot_saliency", "plot_time_to_accuracy",
+    "plot_training_curves", "read_image",
 )
 
 __all__ = [

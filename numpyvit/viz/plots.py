@@ -266,3 +266,30 @@ def read_image(path, size):
     if inverted:
         gray = 1.0 - gray
     return np.round(gray * 255).astype(np.uint8), inverted
+
+
+def plot_time_to_accuracy(runs, path):
+    """Test accuracy against training images seen and against wall-clock minutes, one line per
+    run: ``runs`` maps a label to a history.json dict (with "images" per epoch, numpyvit >= 0.5).
+    Runs whose labels share the text before " seed" share a colour (a recipe's seeds)."""
+    if not runs:
+        raise ValueError("no runs to plot")
+    fig = _figure(10, 3.8)
+    axes = fig.subplots(1, 2, sharey=True)
+    colours = {}
+    for label, history in runs.items():
+        epochs = history.get("epochs", [])
+        if not epochs or any("images" not in e for e in epochs):
+            raise ValueError(f"run {label!r}: its history has no epochs with 'images' (written by numpyvit < 0.5?)")
+        colour = colours.setdefault(label.split(" seed")[0], f"C{len(colours)}")
+        accuracy = [100 * e["test_acc"] for e in epochs]
+        axes[0].plot([e["images"] / 1e6 for e in epochs], accuracy, "-", color=colour, lw=1.2, label=label)
+        axes[1].plot([e["time"] / 60 for e in epochs], accuracy, "-", color=colour, lw=1.2, label=label)
+    axes[0].set_xlabel("training images seen (millions)")
+    axes[1].set_xlabel("wall clock (minutes of training)")
+    axes[0].set_ylabel("test accuracy (%)")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=8)
+    fig.suptitle("Time to accuracy")
+    return _save(fig, path)

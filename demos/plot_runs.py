@@ -1,0 +1,58 @@
+"""Time to accuracy of finished runs: test accuracy against training images seen and against
+wall-clock minutes, one line per run, from each run's history.json.
+
+    python demos/plot_runs.py runs/mnist runs/mnist-seed1 runs/mnist-seed2 --out curves.png
+
+Runs are labelled "<dataset> seed <seed>" (from their histories); the seeds of one dataset share a
+colour. It prints each run's final accuracy, images seen and minutes, and their mean and range.
+Run from the repository root with PYTHONPATH=. (or after `pip install -e .`).
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from numpyvit import viz
+from numpyvit.train import HISTORY_NAME
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="+", help="run folders (each holding history.json) or history.json files")
+    p.add_argument("--out", default="time_to_accuracy.png", help="the PNG to write")
+    return p.parse_args(argv)
+
+
+def read_run(path):
+    """(label, history) of a run folder or a history.json file."""
+    path = Path(path)
+    file = path / HISTORY_NAME if path.is_dir() else path
+    try:
+        history = json.loads(file.read_text())
+        config = history["config"]
+        return f"{config['dataset']} seed {config['train']['seed']}", history
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{file} is not a readable numpyvit history.json ({err!r})") from err
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        runs = dict(read_run(path) for path in args.runs)
+        if len(runs) < len(args.runs):
+            raise ValueError("two runs have the same dataset and seed: their lines would share a label")
+        path = viz.plot_time_to_accuracy(runs, args.out)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    finals = []
+    for label, history in runs.items():
+        last = history["epochs"][-1]
+        finals.append(100 * last["test_acc"])
+        print(f"{label}: {finals[-1]:.2f}% after {last['images']:,} images, {last['time'] / 60:.1f} min of training")
+    print(f"mean {sum(finals) / len(finals):.2f}%, range {min(finals):.2f}-{max(finals):.2f}%; wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
