@@ -21,7 +21,7 @@ from numpyvit.losses import CrossEntropyLoss
 from numpyvit.train import (RECIPES, NonFiniteLossError, TrainConfig, TrainingError, TrainingInterrupted,
                             evaluate, fit, recipe)
 
-EPOCH_KEYS = {"epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "time", "images_per_sec"}
+EPOCH_KEYS = {"epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "time", "images_per_sec", "images"}
 
 
 def tiny_dataset(n_train=64, n_test=32):
@@ -86,8 +86,21 @@ def test_history_json_and_curves_png(tmp_path):
         assert all(isinstance(v, (int, float)) for v in record.values())
         assert 0 <= record["train_acc"] <= 1 and 0 <= record["test_acc"] <= 1
     assert 0 < history["epochs"][0]["time"] < history["epochs"][1]["time"]
+    assert [r["images"] for r in history["epochs"]] == [64, 128]            # 4 steps of 16 per epoch
     png = (tmp_path / "curves.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 1000
+
+
+def test_erase_changes_what_the_model_sees_and_only_when_asked(tmp_path):
+    def first_loss(**settings):
+        config = tiny_config(epochs=1, augment=False, **settings)
+        model = tiny_model(drop_rate=0.0, drop_path_rate=0.0)
+        return fit(model, tiny_dataset(), config, tmp_path / str(settings), log=None)["epochs"][0]["train_loss"]
+    plain = first_loss()
+    assert first_loss(erase=0.0) == plain and first_loss(erase=1.0) != plain
+    for bad in (-0.1, 1.5, "half"):
+        with pytest.raises(ValueError, match="erase"):
+            TrainConfig(erase=bad)
 
 
 def test_progress_is_one_line_per_epoch_when_not_a_terminal(tmp_path, capsys):
