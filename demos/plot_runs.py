@@ -1,7 +1,7 @@
 """Time to accuracy of finished runs: test accuracy against training images seen and against
 wall-clock minutes, one line per run, from each run's history.json.
 
-    python demos/plot_runs.py runs/mnist runs/mnist-seed1 runs/mnist-seed2 --out curves.png
+    python demos/plot_runs.py runs/mnist runs/mnist-seed1 runs/mnist-seed2 --target 99 --out curves.png
 
 Runs are labelled "<dataset> seed <seed>" (from their histories); the seeds of one dataset share a
 colour. It prints each run's final accuracy, images seen and minutes, and their mean and range.
@@ -20,6 +20,7 @@ def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", help="run folders (each holding history.json) or history.json files")
     p.add_argument("--out", default="time_to_accuracy.png", help="the PNG to write")
+    p.add_argument("--target", type=float, help="draw this test accuracy (%%) as a dashed line")
     return p.parse_args(argv)
 
 
@@ -41,7 +42,7 @@ def main(argv=None):
         runs = dict(read_run(path) for path in args.runs)
         if len(runs) < len(args.runs):
             raise ValueError("two runs have the same dataset and seed: their lines would share a label")
-        path = viz.plot_time_to_accuracy(runs, args.out)
+        path = viz.plot_time_to_accuracy(runs, args.out, args.target)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -268,10 +268,11 @@ def read_image(path, size):
     return np.round(gray * 255).astype(np.uint8), inverted
 
 
-def plot_time_to_accuracy(runs, path):
+def plot_time_to_accuracy(runs, path, target=None):
     """Test accuracy against training images seen and against wall-clock minutes, one line per
     run: ``runs`` maps a label to a history.json dict (with "images" per epoch, numpyvit >= 0.5).
-    Runs whose labels share the text before " seed" share a colour (a recipe's seeds)."""
+    Runs whose labels share the text before " seed" share a colour (a recipe's seeds); ``target``
+    (an accuracy in %) is drawn as a dashed line."""
     if not runs:
         raise ValueError("no runs to plot")
     fig = _figure(10, 3.8)
@@ -290,6 +291,8 @@ def plot_time_to_accuracy(runs, path):
     axes[0].set_ylabel("test accuracy (%)")
     for ax in axes:
         ax.grid(alpha=0.3)
+        if target is not None:
+            ax.axhline(target, color="gray", ls="--", lw=1, label=f"target {target}%")
     axes[1].legend(fontsize=8)
     fig.suptitle("Time to accuracy")
     return _save(fig, path)
