@@ -1,6 +1,7 @@
 """Train a Vision Transformer on MNIST or Fashion-MNIST.
 
     python demos/train_mnist.py                          # the "default" recipe: mnist_tiny, 13 epochs
+    python demos/train_mnist.py --dataset fashion-mnist  # its clothes half: D 128, 50 epochs, erasing
     python demos/train_mnist.py --recipe gpu             # mnist_large on CuPy
     python demos/train_mnist.py --depth 4 --epochs 3     # flags override the recipe
     python demos/train_mnist.py --resume                 # continue the run in --out after Ctrl-C
@@ -29,7 +30,8 @@ MODEL_FLAGS = dict(patch_size="patch_size", embed_dim="embed_dim", depth="depth"
                    mlp_ratio="mlp_ratio", drop_path="drop_path_rate", act="act", pos_embed="pos_embed",
                    pool="global_pool")
 # flag -> TrainConfig field
-TRAIN_FLAGS = ("epochs", "batch_size", "lr", "weight_decay", "label_smoothing", "augment", "seed", "limit_train")
+TRAIN_FLAGS = ("epochs", "batch_size", "lr", "weight_decay", "label_smoothing", "augment", "erase", "seed",
+               "limit_train")
 
 
 def parse_args(argv):
@@ -59,6 +61,7 @@ def parse_args(argv):
     train.add_argument("--weight-decay", type=float)
     train.add_argument("--label-smoothing", type=float)
     train.add_argument("--no-augment", dest="augment", action="store_const", const=False)
+    train.add_argument("--erase", type=float, metavar="P", help="random erasing of this share of the images (0: none)")
     train.add_argument("--seed", type=int, help="seeds the weights, data order, augmentation and dropout")
     train.add_argument("--limit-train", type=int, metavar="N", help="train on the first N images (quick runs)")
     return p.parse_args(argv)

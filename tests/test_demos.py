@@ -61,6 +61,17 @@ def test_train_mnist_end_to_end(tmp_path, synthetic, capsys):
     assert str(trained / "checkpoint.npz") in out and str(trained / "curves.png") in out
     history = json.loads((trained / "history.json").read_text())
     assert len(history["epochs"]) == 2 and history["config"]["model"]["depth"] == 1
+    assert history["config"]["train"]["erase"] == 0.0
+
+
+def test_train_mnist_fashion_takes_the_clothes_recipe_and_flags_over_it(tmp_path, synthetic, capsys):
+    out = tmp_path / "clothes"
+    assert demo("train_mnist").main(["--dataset", "fashion-mnist", "--epochs", "1", "--erase", "0.25",
+                                     "--out", str(out), *TINY]) == 0
+    train = json.loads((out / "history.json").read_text())["config"]["train"]
+    assert synthetic == ["fashion-mnist"] and train["erase"] == 0.25 and train["hflip"] is True
+    assert demo("train_mnist").main(["--erase", "2", "--out", str(tmp_path / "bad"), *TINY]) == 1
+    assert "erase" in capsys.readouterr().err
 
 
 def test_train_mnist_resume_continues_with_the_checkpoint_settings(trained, capsys):
