@@ -300,6 +300,7 @@ def test_default_recipe_mirrors_clothes_but_never_digits():
     assert recipe("default", "mnist")["train"].hflip is False
     clothes = recipe("default", "fashion-mnist")["train"]
     assert clothes.hflip is True and clothes.max_rotate == 0.0
-    assert recipe("default", "fashion-mnist")["model"] == dict(embed_dim=96)
+    assert recipe("default", "fashion-mnist")["model"] == dict(embed_dim=128)
+    assert clothes.erase == 0.5 and recipe("default", "mnist")["train"].erase == 0.0
     assert recipe("default", "mnist")["model"] == {}                 # what differs stays with its dataset
     assert recipe("mnist_long", "fashion-mnist")["train"].epochs == 24
