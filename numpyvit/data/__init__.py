@@ -3,6 +3,7 @@ augmentation.
 
     ds = load_dataset("mnist", data_dir="data/")               # finds, verifies or downloads
     aug = RandomAffine(fill=(0 - ds.mean) / ds.std)             # background stays background
+    aug = chain([aug, RandomErasing(p=0.5)])                    # then a rectangle of noise in half of them
     for x, y in iterate_batches(ds.train_images, ds.train_labels, 128, shuffle=True,
                                 rng=rng, augment=aug, mean=ds.mean, std=ds.std, xp=xp):
         ...                                                     # x (B, 1, 28, 28) float32, y (B,) int64
