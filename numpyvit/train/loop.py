@@ -156,10 +156,14 @@ class _Loop:
         self.total_steps = config.epochs * self.steps_per_epoch
         self.warmup_steps = round(config.warmup_epochs * self.steps_per_epoch)
         self.criterion = CrossEntropyLoss(config.label_smoothing)
-        affine = RandomAffine(max_translate=config.max_translate, max_rotate=config.max_rotate, scale=config.scale,
-                              fill=background(dataset.mean, dataset.std), hflip=config.hflip)
-        erase = RandomErasing(config.erase)
-        self.augment = chain(([affine] if config.augment else []) + ([erase] if config.erase else []))
+        augmentations = []                                               # applied in this order
+        if config.augment:
+            augmentations.append(RandomAffine(max_translate=config.max_translate, max_rotate=config.max_rotate,
+                                              scale=config.scale, fill=background(dataset.mean, dataset.std),
+                                              hflip=config.hflip))
+        if config.erase:
+            augmentations.append(RandomErasing(config.erase))
+        self.augment = chain(augmentations)
         self.session_start = time.perf_counter()
         self.session_steps = 0
 
