@@ -2,6 +2,7 @@
 
     python demos/evaluate.py                               # the run in runs/mnist
     python demos/evaluate.py --checkpoint runs/fashion-mnist/checkpoint.npz
+    python demos/evaluate.py --checkpoint runs/fashion-mnist --tta    # also averaged over 10 views
 
 Run from the repository root with PYTHONPATH=. (or after `pip install -e .`).
 """
@@ -12,7 +13,7 @@ import numpy as np
 
 import numpyvit.data
 from numpyvit.io import load_model_and_meta
-from numpyvit.train import evaluate
+from numpyvit.train import TrainConfig, evaluate
 from numpyvit.viz import confusion_matrix
 
 
@@ -23,6 +24,9 @@ def parse_args(argv):
     p.add_argument("--data-dir", help="folder with the IDX .gz files (default: $NUMPYVIT_DATA, then the cache)")
     p.add_argument("--backend", choices=["numpy", "cupy"], help="default: $NUMPYVIT_BACKEND, else numpy")
     p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction,
+                   help="also with test-time augmentation: the views the run's training augmentation makes "
+                        "(default: if the run used it)")
     return p.parse_args(argv)
 
 
@@ -50,6 +54,14 @@ def main(argv=None):
         dataset = numpyvit.data.load_dataset(name, args.data_dir)
         result = evaluate(model, dataset.test_images, dataset.test_labels, mean=dataset.mean, std=dataset.std,
                           batch_size=args.batch_size)
+        train, tta = meta.get("train"), None
+        if args.tta or (args.tta is None and isinstance(train, dict) and train.get("tta") is True):
+            if not isinstance(train, dict):
+                raise ValueError(f"{args.checkpoint} holds no training settings, so the views of --tta "
+                                 "(those of its training augmentation) are unknown")
+            views = TrainConfig.from_dict(train).tta_views()                # those of its training augmentation
+            tta = evaluate(model, dataset.test_images, dataset.test_labels, mean=dataset.mean, std=dataset.std,
+                           batch_size=args.batch_size, views=views)
     except (ValueError, OSError) as err:                       # CheckpointError is a ValueError
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -58,6 +70,9 @@ def main(argv=None):
     print(f"{args.checkpoint}{epoch} on the {name} test set ({n} images)")
     print(f"test accuracy {100 * result.accuracy:.2f}% ({int(np.sum(result.predictions == dataset.test_labels))}"
           f"/{n}), loss {result.loss:.4f}")
+    if tta:
+        print(f"with test-time augmentation ({len(views)} views): test accuracy {100 * tta.accuracy:.2f}% "
+              f"({int(np.sum(tta.predictions == dataset.test_labels))}/{n}), loss {tta.loss:.4f}")
     print(format_confusion(confusion_matrix(dataset.test_labels, result.predictions, model.num_classes),
                            dataset.classes))
     return 0

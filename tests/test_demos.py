@@ -70,6 +70,8 @@ def test_train_mnist_fashion_takes_the_clothes_recipe_and_flags_over_it(tmp_path
                                      "--out", str(out), *TINY]) == 0
     train = json.loads((out / "history.json").read_text())["config"]["train"]
     assert synthetic == ["fashion-mnist"] and train["erase"] == 0.25 and train["hflip"] is True
+    assert train["tta"] is True and train["epochs"] == 1
+    assert "with test-time augmentation, 10 views) after 1 epochs" in capsys.readouterr().out
     assert demo("train_mnist").main(["--erase", "2", "--out", str(tmp_path / "bad"), *TINY]) == 1
     assert "erase" in capsys.readouterr().err
 
@@ -131,6 +133,15 @@ def test_evaluate_prints_accuracy_and_confusion_matrix(trained, synthetic, capsy
     counts = np.array([[int(n) for n in line.split()[1:11]] for line in table[1:11]])
     assert counts.sum() == 32
     assert (counts.sum(axis=1) == np.bincount(tiny_dataset().test_labels, minlength=10)).all()
+
+
+def test_evaluate_tta_adds_the_accuracy_over_the_views_of_the_run_augmentation(trained, capsys):
+    capsys.readouterr()
+    assert demo("evaluate").main(["--checkpoint", str(trained)]) == 0
+    assert "test-time augmentation" not in capsys.readouterr().out    # the run did not use it
+    assert demo("evaluate").main(["--checkpoint", str(trained), "--tta"]) == 0
+    line = [x for x in capsys.readouterr().out.splitlines() if x.startswith("with test-time augmentation")]
+    assert len(line) == 1 and "(5 views): test accuracy" in line[0] and "/32)" in line[0]   # digits: not mirrored
 
 
 def test_evaluate_refuses_a_broken_checkpoint(tmp_path, capsys):

@@ -53,12 +53,13 @@ def weights(path):
 
 def test_two_ranks_end_with_the_weights_of_one_process(tmp_path):
     """float64, no augmentation, no dropout: only the order of the sums differs."""
-    body = f"fit(model(dtype='float64'), tiny_dataset(), config(augment=False), {str(tmp_path / 'two')!r}, log=None)"
+    body = (f"fit(model(dtype='float64'), tiny_dataset(), config(augment=False, tta=True), "
+            f"{str(tmp_path / 'two')!r}, log=None)")
     done = run_ranks(tmp_path, body)
     assert done.returncode == 0, done.stderr
     one = numpyvit.create_model("mnist_tiny", embed_dim=16, depth=2, num_heads=2, dtype="float64")
     fit(one, tiny_dataset(), TrainConfig(epochs=2, batch_size=16, log_every=2, eval_batch_size=16, augment=False,
-                                         warmup_epochs=1.0),
+                                         warmup_epochs=1.0, tta=True),
         tmp_path / "one", log=None)
     a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
     for name in a:
@@ -68,6 +69,7 @@ def test_two_ranks_end_with_the_weights_of_one_process(tmp_path):
     history_one = load_arrays(tmp_path / "one")[1]["history"]
     for r1, r2 in zip(history_one, meta["history"]):                  # evaluation split over the ranks
         assert r1["test_acc"] == r2["test_acc"] and abs(r1["test_loss"] - r2["test_loss"]) < 1e-10
+    assert history_one[-1]["test_acc_tta"] == meta["history"][-1]["test_acc_tta"]
 
 
 def test_a_two_rank_checkpoint_resumes_exactly_and_only_with_two_ranks(tmp_path):

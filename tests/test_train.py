@@ -20,6 +20,7 @@ from numpyvit.io import CheckpointError, load_arrays, load_model
 from numpyvit.losses import CrossEntropyLoss
 from numpyvit.train import (RECIPES, NonFiniteLossError, TrainConfig, TrainingError, TrainingInterrupted,
                             evaluate, fit, recipe)
+from numpyvit.train.metrics import tta_view, tta_views
 
 EPOCH_KEYS = {"epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "time", "images_per_sec", "images"}
 
@@ -141,6 +142,48 @@ def test_evaluate_returns_loss_accuracy_predictions_and_keeps_the_mode():
     assert result.accuracy == np.mean(result.predictions == ds.test_labels)
     assert np.isclose(result.loss, float(CrossEntropyLoss().eval().forward(logits, ds.test_labels)), rtol=1e-5)
     assert model.training and not model.has_cache()
+
+
+def test_tta_views_are_the_image_mirrored_and_moved_one_pixel_each_way():
+    assert tta_views(False, 0) == [(False, 0, 0)]
+    assert tta_views(True, 1) == [(m, dy, dx) for m in (False, True)
+                                  for dy, dx in ((0, 0), (-1, 0), (1, 0), (0, -1), (0, 1))]
+    x = np.zeros((1, 1, 3, 4))
+    x[0, 0, 0, 1] = 5.0                                                 # row 0, column 1
+    moved = tta_view(x, False, 1, -1, fill=-1.0)                        # a pixel down and a pixel left
+    assert moved[0, 0, 1, 0] == 5.0 and (moved[0, 0, 0] == -1).all() and (moved[0, 0, :, 3] == -1).all()
+    assert tta_view(x, True, 0, 0, fill=-1.0)[0, 0, 0, 2] == 5.0          # mirrored: column 1 -> 4 - 1 - 1
+    assert TrainConfig(augment=False).tta_views() == [(False, 0, 0)]
+    assert len(TrainConfig().tta_views()) == 5                          # digits: moved, never mirrored
+    assert len(TrainConfig(hflip=True, max_translate=1.0).tta_views()) == 10
+    assert len(TrainConfig(hflip=True, max_translate=0.5).tta_views()) == 2
+
+
+def test_evaluate_with_views_classifies_by_the_mean_logits_over_them():
+    model, ds = tiny_model(), tiny_dataset()
+    views = tta_views(True, 1)
+    result = evaluate(model, ds.test_images, ds.test_labels, mean=ds.mean, std=ds.std, batch_size=10, views=views)
+    x = ((ds.test_images[:, None] / 255 - ds.mean) / ds.std).astype(np.float32)
+    black = (0 - ds.mean) / ds.std
+    padded = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)), constant_values=black)   # (N, 1, 30, 30)
+    with model.inference():
+        logits = sum(model(np.ascontiguousarray((padded[..., ::-1] if m else padded)[:, :, 1 - dy:29 - dy, 1 - dx:29 - dx]))
+                     for m, dy, dx in views) / 10
+    assert np.array_equal(result.predictions, logits.argmax(axis=1))
+    assert result.accuracy == np.mean(result.predictions == ds.test_labels)
+    assert np.isclose(result.loss, float(CrossEntropyLoss().eval().forward(logits, ds.test_labels)), rtol=1e-5)
+    with pytest.raises(ValueError, match="mean= and std="):
+        evaluate(model, x, ds.test_labels, views=views)
+
+
+def test_tta_evaluates_the_last_epoch_on_every_view_and_says_so(tmp_path):
+    log = io.StringIO()
+    history = fit(tiny_model(), tiny_dataset(), tiny_config(epochs=2, tta=True, hflip=True), tmp_path, log=log)
+    first, last = history["epochs"]
+    assert set(first) == EPOCH_KEYS and set(last) == EPOCH_KEYS | {"test_acc_tta", "test_loss_tta", "tta_views"}
+    assert last["tta_views"] == 10 and 0 <= last["test_acc_tta"] <= 1
+    assert f"acc {100 * last['test_acc']:.2f}% ({100 * last['test_acc_tta']:.2f}% with test-time augmentation, " \
+           "10 views)" in log.getvalue()
 
 
 # ---------------------------------------------------------------- checkpoints and resume
@@ -290,7 +333,7 @@ def test_train_config_survives_json_and_refuses_bad_values():
     with pytest.raises(ValueError, match="unknown training settings: lr_max"):
         TrainConfig.from_dict({"lr_max": 1.0})
     for bad in (dict(epochs=0), dict(batch_size=2.5), dict(label_smoothing=1.0), dict(clip_norm=0),
-                dict(min_lr=1.0, lr=0.1)):
+                dict(min_lr=1.0, lr=0.1), dict(tta="yes"), dict(augment=1), dict(hflip=None)):
         with pytest.raises(ValueError):
             TrainConfig(**bad)
 
@@ -300,7 +343,8 @@ def test_default_recipe_mirrors_clothes_but_never_digits():
     assert recipe("default", "mnist")["train"].hflip is False
     clothes = recipe("default", "fashion-mnist")["train"]
     assert clothes.hflip is True and clothes.max_rotate == 0.0
-    assert recipe("default", "fashion-mnist")["model"] == dict(embed_dim=128)
-    assert clothes.erase == 0.5 and recipe("default", "mnist")["train"].erase == 0.0
+    assert recipe("default", "fashion-mnist")["model"] == dict(embed_dim=96)
+    assert clothes.epochs == 70 and clothes.tta is True and recipe("default", "mnist")["train"].tta is False
+    assert len(clothes.tta_views()) == 10                              # mirrored or not, x 5 positions
     assert recipe("default", "mnist")["model"] == {}                 # what differs stays with its dataset
     assert recipe("mnist_long", "fashion-mnist")["train"].epochs == 24

@@ -14,6 +14,12 @@ float32), optionally augments on the host, and moves each batch to the array mod
 import numpy as np
 
 
+def background(mean, std):
+    """The normalized value of a black pixel, (0 - mean) / std: one, or one per channel."""
+    value = (0.0 - np.asarray(mean, np.float64)) / np.asarray(std, np.float64)
+    return float(value) if value.ndim == 0 else tuple(value.tolist())
+
+
 def normalize(images, mean, std):
     """(N, H, W) or (N, C, H, W) uint8 -> (N, C, H, W) float32 holding (images / 255 - mean) / std,
     with one mean and std for all channels or one per channel."""

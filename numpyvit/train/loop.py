@@ -7,8 +7,8 @@
 
 Loss and correct counts are summed on the device and read every ``log_every`` steps (the
 only host-device syncs in the loop), which also catches a non-finite loss early. Each epoch
-ends with an evaluation on the test set, a checkpoint, and ``history.json``; the run ends
-with ``curves.png``.
+ends with an evaluation on the test set (the last one also with test-time augmentation when
+config.tta), a checkpoint, and ``history.json``; the run ends with ``curves.png``.
 
 Randomness: the sample order and the augmentation come from one NumPy generator whose state
 is checkpointed; at the start of epoch e the dropout generators are re-seeded from
@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import distributed, viz
-from ..data import RandomAffine, RandomErasing, chain, iterate_batches
+from ..data import RandomAffine, RandomErasing, background, chain, iterate_batches
 from ..engine import tuning
 from ..engine.shards import split_rows
 from ..errors import ConfigError
@@ -127,12 +127,6 @@ def refuse_to_overwrite(out_dir):
     if (Path(out_dir) / CHECKPOINT_NAME).exists():
         raise TrainingError(f"{out_dir} already holds a checkpoint: resume it (resume=True, --resume), "
                             "or train into another folder")
-
-
-def background(mean, std):
-    """The normalized value of a black pixel, (0 - mean) / std: one, or one per channel."""
-    value = (0.0 - np.asarray(mean, np.float64)) / np.asarray(std, np.float64)
-    return float(value) if value.ndim == 0 else tuple(value.tolist())
 
 
 def _plot_curves(history, path, progress):
@@ -231,11 +225,17 @@ class _Loop:
                           std=self.dataset.std, batch_size=config.eval_batch_size,
                           label_smoothing=config.label_smoothing, world=world)
         self._finite(result.loss, "test", state)
+        record = dict(epoch=epoch, train_loss=train_loss, train_acc=state.partial["correct"] / seen,
+                      test_loss=result.loss, test_acc=result.accuracy, lr=self.optimizer.lr)
+        if config.tta and epoch == config.epochs:                        # the final model, on every view
+            views = config.tta_views()
+            tta = evaluate(model, self.dataset.test_images, self.dataset.test_labels, mean=self.dataset.mean,
+                           std=self.dataset.std, batch_size=config.eval_batch_size,
+                           label_smoothing=config.label_smoothing, views=views, world=world)
+            record.update(test_loss_tta=tta.loss, test_acc_tta=tta.accuracy, tta_views=len(views))
         state.elapsed = elapsed_at_start + time.perf_counter() - epoch_start
-        state.history.append(dict(
-            epoch=epoch, train_loss=train_loss, train_acc=state.partial["correct"] / seen, test_loss=result.loss,
-            test_acc=result.accuracy, lr=self.optimizer.lr, time=state.elapsed, images_per_sec=seen / seconds,
-            images=state.step * config.batch_size))
+        state.history.append(dict(record, time=state.elapsed, images_per_sec=seen / seconds,
+                                  images=state.step * config.batch_size))
         state.epoch, state.epoch_step, state.order, state.partial = epoch, 0, None, None
         self._save(state)
 

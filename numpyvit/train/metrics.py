@@ -1,5 +1,14 @@
 """Evaluating a model on a labelled set: mean loss, accuracy, predictions.
 
+With ``views`` (test-time augmentation), each image x is classified by the mean logits over
+variants v_1(x) ... v_V(x) of it, each v mirroring x left-right or not and moving it by
+(dy, dx) pixels:
+
+    z = (1/V) sum_v f(v(x))          (K,) per image
+
+so softmax(z) is the normalized geometric mean of the views' probabilities; loss, accuracy and
+predictions are those of z. ``tta_views`` lists the views a training augmentation could have made.
+
 N images, K classes. Sums are kept on the model's device and read once at the end, so a
 CuPy evaluation waits for the GPU only once.
 """
@@ -7,8 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..backend import to_numpy
-from ..data import iterate_batches
+from ..backend import array_module, to_numpy
+from ..data import background, iterate_batches
 from ..engine.shards import split_rows
 from ..losses import CrossEntropyLoss
 
@@ -20,9 +29,31 @@ class Evaluation:
     predictions: np.ndarray   # (N,) int64 predicted class of each image, on the host
 
 
-def evaluate(model, images, labels, *, mean=None, std=None, batch_size=500, label_smoothing=0.0, world=None):
+def tta_views(mirror, shift):
+    """[(mirror, dy, dx), ...]: the image as it is and moved ``shift`` pixels up, down, left and right
+    (shift 0: not moved), each also mirrored when ``mirror``; 10 views for mirror and shift 1."""
+    moves = [(0, 0)] + ([(-shift, 0), (shift, 0), (0, -shift), (0, shift)] if shift else [])
+    return [(flip, dy, dx) for flip in ((False, True) if mirror else (False,)) for dy, dx in moves]
+
+
+def tta_view(x, mirror, dy, dx, fill):
+    """x (B, C, H, W) mirrored left-right (if ``mirror``), then moved dy pixels down and dx right;
+    the pixels uncovered get ``fill`` (one value, or one per channel: a black pixel, normalized)."""
+    xp = array_module(x)
+    if mirror:
+        x = x[..., ::-1]
+    H, W = x.shape[2:]
+    out = xp.empty_like(x)
+    out[...] = xp.asarray(fill, x.dtype).reshape(-1, 1, 1)              # (C or 1, 1, 1)
+    out[:, :, max(dy, 0):H + min(dy, 0), max(dx, 0):W + min(dx, 0)] = \
+        x[:, :, max(-dy, 0):H + min(-dy, 0), max(-dx, 0):W + min(-dx, 0)]
+    return out
+
+
+def evaluate(model, images, labels, *, mean=None, std=None, batch_size=500, label_smoothing=0.0, views=None,
+             world=None):
     """Loss, accuracy and predictions of ``model`` in eval mode, caching nothing (its mode is
-    restored after).
+    restored after); with ``views`` (e.g. ``tta_views(True, 1)``), of the mean logits over them.
 
     ``images`` are (N, H, W) or (N, C, H, W) uint8 with ``mean``/``std`` for normalizing (e.g. a
     Dataset's), or already normalized (N, C, H, W) floats; see ``numpyvit.data.iterate_batches``.
@@ -31,16 +62,20 @@ def evaluate(model, images, labels, *, mean=None, std=None, batch_size=500, labe
     """
     if len(labels) == 0:
         raise ValueError("evaluate needs at least one image")
+    if views is not None and (mean is None or std is None):
+        raise ValueError("views need the uint8 images with mean= and std=: a moved image is filled with "
+                         "black pixels, (0 - mean) / std once normalized")
     if world is not None and world.size > 1:
         return _evaluate_split(model, images, labels, world, mean=mean, std=std, batch_size=batch_size,
-                               label_smoothing=label_smoothing)
+                               label_smoothing=label_smoothing, views=views)
     xp = model.xp
     criterion = CrossEntropyLoss(label_smoothing)
     loss_sum, correct = xp.zeros((), xp.float64), xp.zeros((), xp.int64)
-    predictions = []
+    predictions, fill = [], background(mean, std) if views else None
     with model.inference():
         for x, y in iterate_batches(images, labels, batch_size, shuffle=False, mean=mean, std=std, xp=xp):
-            logits = model(x)                                        # (B, K)
+            logits = (model(x) if views is None                      # (B, K)
+                      else sum(model(tta_view(x, *v, fill)) for v in views) / len(views))
             loss_sum += criterion.forward(logits, y) * len(y)
             predicted = logits.argmax(axis=1)                        # (B,)
             correct += (predicted == y).sum()

@@ -23,6 +23,14 @@ def format_duration(seconds):
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
+def with_tta(record):
+    """' (92.33% with test-time augmentation, 10 views)' for a record that has it (the last epoch of
+    a run with TrainConfig.tta), else ''."""
+    if record.get("test_acc_tta") is None:
+        return ""
+    return f" ({100 * record['test_acc_tta']:.2f}% with test-time augmentation, {record['tta_views']} views)"
+
+
 class Progress:
     """Writes to ``stream`` (None: silent); live updates only when it is a terminal."""
 
@@ -43,7 +51,7 @@ class Progress:
     def epoch(self, record, eta):
         r = record
         self.note(f"epoch {r['epoch']}/{self.epochs}  train loss {r['train_loss']:.4f} "
-                  f"acc {100 * r['train_acc']:.2f}%  test loss {r['test_loss']:.4f} acc {100 * r['test_acc']:.2f}%  "
+                  f"acc {100 * r['train_acc']:.2f}%  test loss {r['test_loss']:.4f} acc {100 * r['test_acc']:.2f}%{with_tta(r)}  "
                   f"{r['images_per_sec']:.0f} img/s  lr {r['lr']:.1e}  {format_duration(r['time'])} elapsed"
                   + (f"  ETA {format_duration(eta)}" if r["epoch"] < self.epochs else ""))
 
