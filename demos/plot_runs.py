@@ -4,7 +4,8 @@ wall-clock minutes, one line per run, from each run's history.json.
     python demos/plot_runs.py runs/mnist runs/mnist-seed1 runs/mnist-seed2 --target 99 --out curves.png
 
 Runs are labelled "<dataset> seed <seed>" (from their histories); the seeds of one dataset share a
-colour. It prints each run's final accuracy, images seen and minutes, and their mean and range.
+colour; a final accuracy with test-time augmentation is a star. It prints each run's final
+accuracy, images seen and minutes, and their mean and range.
 Run from the repository root with PYTHONPATH=. (or after `pip install -e .`).
 """
 import argparse
@@ -46,13 +47,23 @@ def main(argv=None):
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    finals = []
+    finals, with_tta = [], []
     for label, history in runs.items():
         last = history["epochs"][-1]
         finals.append(100 * last["test_acc"])
-        print(f"{label}: {finals[-1]:.2f}% after {last['images']:,} images, {last['time'] / 60:.1f} min of training")
-    print(f"mean {sum(finals) / len(finals):.2f}%, range {min(finals):.2f}-{max(finals):.2f}%; wrote {path}")
+        tta = last.get("test_acc_tta")
+        with_tta += [] if tta is None else [100 * tta]
+        print(f"{label}: {finals[-1]:.2f}%" + ("" if tta is None else f" ({100 * tta:.2f}% with test-time augmentation)")
+              + f" after {last['images']:,} images, {last['time'] / 60:.1f} min of training")
+    print(summary("", finals))
+    if with_tta:
+        print(summary(f"with test-time augmentation ({len(with_tta)} of {len(finals)} runs): ", with_tta))
+    print(f"wrote {path}")
     return 0
+
+
+def summary(what, accuracies):
+    return f"{what}mean {sum(accuracies) / len(accuracies):.2f}%, range {min(accuracies):.2f}-{max(accuracies):.2f}%"
 
 
 if __name__ == "__main__":

@@ -253,11 +253,13 @@ def test_plot_runs_draws_and_summarizes_the_seeds(tmp_path, synthetic, capsys):
     runs = []
     for seed in (0, 1):
         runs.append(tmp_path / f"run{seed}")
-        assert demo("train_mnist").main(["--epochs", "2", "--seed", str(seed), "--out", str(runs[-1]), *TINY]) == 0
+        assert demo("train_mnist").main(["--epochs", "2", "--seed", str(seed), "--out", str(runs[-1]), *TINY]
+                                        + ["--tta"] * seed) == 0
     capsys.readouterr()
     assert demo("plot_runs").main([*map(str, runs), "--target", "99", "--out", str(tmp_path / "t.png")]) == 0
     out = capsys.readouterr().out
     assert "mnist seed 0:" in out and "mnist seed 1:" in out and "after 128 images" in out and "range" in out
+    assert "% with test-time augmentation) after" in out and "with test-time augmentation (1 of 2 runs): mean" in out
     assert (tmp_path / "t.png").stat().st_size > 1000
     assert demo("plot_runs").main([str(runs[0]), str(runs[0])]) == 1                     # one label twice
     assert demo("plot_runs").main([str(tmp_path / "nothing")]) == 1

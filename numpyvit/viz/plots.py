@@ -271,7 +271,8 @@ def read_image(path, size):
 def plot_time_to_accuracy(runs, path, target=None):
     """Test accuracy against training images seen and against wall-clock minutes, one line per
     run: ``runs`` maps a label to a history.json dict (with "images" per epoch, numpyvit >= 0.5).
-    Runs whose labels share the text before " seed" share a colour (a recipe's seeds); ``target``
+    Runs whose labels share the text before " seed" share a colour (a recipe's seeds); a final
+    accuracy with test-time augmentation (``test_acc_tta``) is a star at the run's end; ``target``
     (an accuracy in %) is drawn as a dashed line."""
     if not runs:
         raise ValueError("no runs to plot")
@@ -286,6 +287,12 @@ def plot_time_to_accuracy(runs, path, target=None):
         accuracy = [100 * e["test_acc"] for e in epochs]
         axes[0].plot([e["images"] / 1e6 for e in epochs], accuracy, "-", color=colour, lw=1.2, label=label)
         axes[1].plot([e["time"] / 60 for e in epochs], accuracy, "-", color=colour, lw=1.2, label=label)
+        if epochs[-1].get("test_acc_tta") is not None:
+            tta = 100 * epochs[-1]["test_acc_tta"]
+            axes[0].plot(epochs[-1]["images"] / 1e6, tta, "*", color=colour, ms=9)
+            axes[1].plot(epochs[-1]["time"] / 60, tta, "*", color=colour, ms=9)
+    if any(h["epochs"][-1].get("test_acc_tta") is not None for h in runs.values()):
+        axes[1].plot([], [], "*", color="gray", ms=9, label="final, with test-time augmentation")
     axes[0].set_xlabel("training images seen (millions)")
     axes[1].set_xlabel("wall clock (minutes of training)")
     axes[0].set_ylabel("test accuracy (%)")
