@@ -55,11 +55,12 @@ def main(argv=None):
         result = evaluate(model, dataset.test_images, dataset.test_labels, mean=dataset.mean, std=dataset.std,
                           batch_size=args.batch_size)
         train, tta = meta.get("train"), None
-        if args.tta or (args.tta is None and isinstance(train, dict) and train.get("tta") is True):
+        use_tta = args.tta if args.tta is not None else isinstance(train, dict) and train.get("tta") is True
+        if use_tta:
             if not isinstance(train, dict):
                 raise ValueError(f"{args.checkpoint} holds no training settings, so the views of --tta "
                                  "(those of its training augmentation) are unknown")
-            views = TrainConfig.from_dict(train).tta_views()                # those of its training augmentation
+            views = TrainConfig.from_dict(train).tta_views()
             tta = evaluate(model, dataset.test_images, dataset.test_labels, mean=dataset.mean, std=dataset.std,
                            batch_size=args.batch_size, views=views)
     except (ValueError, OSError) as err:                       # CheckpointError is a ValueError

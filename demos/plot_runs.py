@@ -53,8 +53,8 @@ def main(argv=None):
         finals.append(100 * last["test_acc"])
         tta = last.get("test_acc_tta")
         with_tta += [] if tta is None else [100 * tta]
-        print(f"{label}: {finals[-1]:.2f}%" + ("" if tta is None else f" ({100 * tta:.2f}% with test-time augmentation)")
-              + f" after {last['images']:,} images, {last['time'] / 60:.1f} min of training")
+        print(f"{label}: {finals[-1]:.2f}%"
+              + ("" if tta is None else f" ({100 * tta:.2f}% with test-time augmentation)") + f" after {last['images']:,} images, {last['time'] / 60:.1f} min of training")
     print(summary("", finals))
     if with_tta:
         print(summary(f"with test-time augmentation ({len(with_tta)} of {len(finals)} runs): ", with_tta))

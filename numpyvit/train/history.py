@@ -9,9 +9,10 @@ seconds since training began, summed over resumed sessions; ``images_per_sec`` c
 steps only; ``images`` is the training images seen so far (steps x batch size; not in histories
 written before numpyvit 0.5). With TrainConfig.tta the last epoch also holds test_acc_tta,
 test_loss_tta and tta_views (how many views of each image were averaged). train_* are running
-means over the epoch (with dropout and augmentation on); test_loss uses the training label smoothing, so the two losses are comparable. config: the
-model's keywords, the TrainConfig, the dataset name, and "data": the training/test set sizes,
-the normalization mean/std and the class names.
+means over the epoch (with dropout and augmentation on); test_loss uses the training label
+smoothing, so the two losses are comparable. config: the model's keywords, the TrainConfig, the
+dataset name, and "data": the training/test set sizes, the normalization mean/std and the class
+names.
 """
 import json
 

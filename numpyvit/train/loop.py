@@ -221,23 +221,25 @@ class _Loop:
             self._save(state)
             raise TrainingInterrupted(resume_hint(self.path, state), self.path)
 
-        result = evaluate(model, self.dataset.test_images, self.dataset.test_labels, mean=self.dataset.mean,
-                          std=self.dataset.std, batch_size=config.eval_batch_size,
-                          label_smoothing=config.label_smoothing, world=world)
+        result = self._evaluate()
         self._finite(result.loss, "test", state)
         record = dict(epoch=epoch, train_loss=train_loss, train_acc=state.partial["correct"] / seen,
                       test_loss=result.loss, test_acc=result.accuracy, lr=self.optimizer.lr)
         if config.tta and epoch == config.epochs:                        # the final model, on every view
             views = config.tta_views()
-            tta = evaluate(model, self.dataset.test_images, self.dataset.test_labels, mean=self.dataset.mean,
-                           std=self.dataset.std, batch_size=config.eval_batch_size,
-                           label_smoothing=config.label_smoothing, views=views, world=world)
+            tta = self._evaluate(views)
             record.update(test_loss_tta=tta.loss, test_acc_tta=tta.accuracy, tta_views=len(views))
         state.elapsed = elapsed_at_start + time.perf_counter() - epoch_start
         state.history.append(dict(record, time=state.elapsed, images_per_sec=seen / seconds,
                                   images=state.step * config.batch_size))
         state.epoch, state.epoch_step, state.order, state.partial = epoch, 0, None, None
         self._save(state)
+
+    def _evaluate(self, views=None):
+        """The model on the test set (each image alone, or averaged over ``views``)."""
+        return evaluate(self.model, self.dataset.test_images, self.dataset.test_labels, mean=self.dataset.mean,
+                        std=self.dataset.std, batch_size=self.config.eval_batch_size,
+                        label_smoothing=self.config.label_smoothing, views=views, world=self.world)
 
     def _finite(self, loss, which, state):
         if not math.isfinite(loss):

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..backend import array_module, to_numpy
+from ..backend import to_numpy
 from ..data import background, iterate_batches
+from ..data.augment import affine_transform
 from ..engine.shards import split_rows
 from ..losses import CrossEntropyLoss
 
@@ -37,17 +38,13 @@ def tta_views(mirror, shift):
 
 
 def tta_view(x, mirror, dy, dx, fill):
-    """x (B, C, H, W) mirrored left-right (if ``mirror``), then moved dy pixels down and dx right;
+    """x (B, C, H, W) on the host, mirrored left-right (if ``mirror``), then moved dy pixels down and dx
+    right by ``numpyvit.data.augment.affine_transform`` (an integer shift moves pixel values unchanged);
     the pixels uncovered get ``fill`` (one value, or one per channel: a black pixel, normalized)."""
-    xp = array_module(x)
     if mirror:
         x = x[..., ::-1]
-    H, W = x.shape[2:]
-    out = xp.empty_like(x)
-    out[...] = xp.asarray(fill, x.dtype).reshape(-1, 1, 1)              # (C or 1, 1, 1)
-    out[:, :, max(dy, 0):H + min(dy, 0), max(dx, 0):W + min(dx, 0)] = \
-        x[:, :, max(-dy, 0):H + min(-dy, 0), max(-dx, 0):W + min(-dx, 0)]
-    return out
+    B = len(x)
+    return affine_transform(x, np.zeros(B), np.ones(B), np.tile([dx, dy], (B, 1)), fill)   # (B, C, H, W) float32
 
 
 def evaluate(model, images, labels, *, mean=None, std=None, batch_size=500, label_smoothing=0.0, views=None,
@@ -62,6 +59,8 @@ def evaluate(model, images, labels, *, mean=None, std=None, batch_size=500, labe
     """
     if len(labels) == 0:
         raise ValueError("evaluate needs at least one image")
+    if views is not None and not len(views):
+        raise ValueError("views must list at least one (mirror, dy, dx) view, e.g. tta_views(False, 0)")
     if views is not None and (mean is None or std is None):
         raise ValueError("views need the uint8 images with mean= and std=: a moved image is filled with "
                          "black pixels, (0 - mean) / std once normalized")
@@ -71,11 +70,13 @@ def evaluate(model, images, labels, *, mean=None, std=None, batch_size=500, labe
     xp = model.xp
     criterion = CrossEntropyLoss(label_smoothing)
     loss_sum, correct = xp.zeros((), xp.float64), xp.zeros((), xp.int64)
-    predictions, fill = [], background(mean, std) if views else None
+    predictions, fill = [], None if views is None else background(mean, std)
     with model.inference():
-        for x, y in iterate_batches(images, labels, batch_size, shuffle=False, mean=mean, std=std, xp=xp):
+        for x, y in iterate_batches(images, labels, batch_size, shuffle=False, mean=mean, std=std,
+                                    xp=xp if views is None else np):   # views are made on the host, as in training
+            y = xp.asarray(y)
             logits = (model(x) if views is None                      # (B, K)
-                      else sum(model(tta_view(x, *v, fill)) for v in views) / len(views))
+                      else sum(model(xp.asarray(tta_view(x, *v, fill))) for v in views) / len(views))
             loss_sum += criterion.forward(logits, y) * len(y)
             predicted = logits.argmax(axis=1)                        # (B,)
             correct += (predicted == y).sum()

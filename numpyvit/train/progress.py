@@ -51,7 +51,8 @@ class Progress:
     def epoch(self, record, eta):
         r = record
         self.note(f"epoch {r['epoch']}/{self.epochs}  train loss {r['train_loss']:.4f} "
-                  f"acc {100 * r['train_acc']:.2f}%  test loss {r['test_loss']:.4f} acc {100 * r['test_acc']:.2f}%{with_tta(r)}  "
+                  f"acc {100 * r['train_acc']:.2f}%  test loss {r['test_loss']:.4f} "
+                  f"acc {100 * r['test_acc']:.2f}%{with_tta(r)}  "
                   f"{r['images_per_sec']:.0f} img/s  lr {r['lr']:.1e}  {format_duration(r['time'])} elapsed"
                   + (f"  ETA {format_duration(eta)}" if r["epoch"] < self.epochs else ""))
 
