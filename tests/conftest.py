@@ -1,7 +1,11 @@
 """Shared fixtures for the core tests.
 
 ``xp``               the array module to run on: ``numpy`` always, ``cupy`` only where CuPy
-                     imports and sees a CUDA GPU (skipped otherwise). Every gradient check uses it.
+                     imports and sees a CUDA GPU (skipped otherwise; failed where a GPU is visible
+                     but CuPy does not work). Every gradient check uses it.
+``torch``            PyTorch as an oracle (``oracle``: skipped where missing, required with
+                     NUMPYVIT_ORACLES=1); such tests, and test_timm_parity / test_torch_reference,
+                     carry the ``oracle`` mark that CI's second virtualenv runs (.ci/run).
 ``rng``              a seeded NumPy generator; inputs are drawn on the host and moved with ``xp.asarray``.
 ``perturb``          moves every parameter of a module to a generic point (see below).
 ``check_gradients``  runs ``numpyvit.gradcheck`` and fails with its per-tensor report. On CuPy it
@@ -15,8 +19,10 @@ lose accuracy there (a property of the function, not a bug). Checking at a rando
 also exercises every term of each backward formula.
 """
 import functools
+import importlib
 import os
 import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -31,15 +37,27 @@ os.environ["NUMPYVIT_CACHE_DIR"] = tempfile.mkdtemp(prefix="numpyvit-tests-")
 GPU_SAMPLE = 24                        # elements per tensor that a gradient check perturbs on CuPy
 
 
+def gpu_visible():
+    """An NVIDIA device node exists: a CUDA GPU is there whatever CuPy says."""
+    return any(Path("/dev").glob("nvidia[0-9]*"))
+
+
 @functools.lru_cache(maxsize=None)
 def _cupy_with_gpu():
-    """The cupy module if it imports and sees a CUDA device, else None."""
+    """The cupy module if it imports and sees a CUDA device; None where CuPy is not installed or
+    there is no GPU; an error message where a GPU is visible but CuPy is broken (then the CuPy
+    tests fail instead of skipping: a broken install must not pass as 'no GPU')."""
     try:
         import cupy
 
-        return cupy if cupy.cuda.runtime.getDeviceCount() > 0 else None
-    except Exception:  # not installed, or no driver / device
-        return None
+        if cupy.cuda.runtime.getDeviceCount() > 0:
+            return cupy
+        problem = "CuPy sees no CUDA device"
+    except Exception as error:  # not installed; installed but broken; no driver
+        if isinstance(error, ModuleNotFoundError) and error.name == "cupy":
+            return None
+        problem = f"CuPy fails here: {type(error).__name__}: {error}"
+    return f"{problem}, yet this machine has an NVIDIA GPU" if gpu_visible() else None
 
 
 @pytest.fixture(params=["numpy", "cupy"])
@@ -47,10 +65,37 @@ def xp(request):
     """The array module under test; test ids read ``[numpy]`` / ``[cupy]``."""
     if request.param == "numpy":
         return np
+    return require_cupy()
+
+
+def require_cupy():
+    """CuPy, or the test skips (no CuPy or no GPU) or fails (a GPU with a broken CuPy)."""
     cupy = _cupy_with_gpu()
     if cupy is None:
         pytest.skip("CuPy with a CUDA GPU is not available")
+    if isinstance(cupy, str):
+        pytest.fail(cupy)
     return cupy
+
+
+def oracle(name):
+    """Import an optional oracle (torch, timm, safetensors): a skip where it is not installed, a
+    failure where NUMPYVIT_ORACLES=1 says it must be (CI's oracle virtualenv)."""
+    if os.environ.get("NUMPYVIT_ORACLES") == "1":
+        return importlib.import_module(name)
+    return pytest.importorskip(name)
+
+
+@pytest.fixture
+def torch():
+    """PyTorch, as an oracle (tests using it are marked ``oracle``)."""
+    return oracle("torch")
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "torch" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.oracle)
 
 
 @pytest.fixture

@@ -151,3 +151,18 @@ def test_the_same_seed_gives_the_same_model_on_every_backend(xp, backend, rng):
         np.testing.assert_array_equal(a.data, to_numpy(b.data), err_msg=name)
     x = rng.standard_normal((2, 3, 8, 8))
     np.testing.assert_allclose(to_numpy(here.eval()(xp.asarray(x))), on_host.eval()(x), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("gpu", [True, False], ids=["gpu_visible", "no_gpu"])
+def test_a_broken_cupy_fails_the_gpu_tests_where_a_gpu_is_visible(monkeypatch, gpu):
+    import conftest
+
+    fake_cupy(monkeypatch, lambda: (_ for _ in ()).throw(RuntimeError("libcudart.so.13: cannot open")))
+    monkeypatch.setattr(conftest, "gpu_visible", lambda: gpu)
+    found = conftest._cupy_with_gpu.__wrapped__()
+    if gpu:
+        assert "RuntimeError: libcudart.so.13: cannot open, yet this machine has an NVIDIA GPU" in found
+    else:
+        assert found is None
+    monkeypatch.setitem(sys.modules, "cupy", None)                   # not installed: a skip, GPU or not
+    assert conftest._cupy_with_gpu.__wrapped__() is None

@@ -420,8 +420,9 @@ def test_random_erasing_edge_cases_and_bad_settings():
     np.testing.assert_array_equal(RandomErasing(p=0.0)(x, np.random.default_rng(0)), x)
     full = RandomErasing(p=1.0, area=(1.0, 1.0), ratio=(1.0, 1.0))(x, np.random.default_rng(0))
     assert np.all(full != 0)                                         # the whole image is noise
-    for bad in (dict(p=1.5), dict(area=(0.5, 0.2)), dict(area=(0.0, 0.3)), dict(ratio=(2.0, 1.0))):
-        with pytest.raises(ValueError):
+    for bad, says in ((dict(p=1.5), "share of images erased"), (dict(area=(0.5, 0.2)), r"area=\(0.5, 0.2\)"),
+                      (dict(area=(0.0, 0.3)), r"area=\(0.0, 0.3\)"), (dict(ratio=(2.0, 1.0)), r"ratio=\(2.0, 1.0\)")):
+        with pytest.raises(ValueError, match=says):
             RandomErasing(**bad)
 
 

@@ -188,11 +188,11 @@ def test_a_checkpoint_is_resumed_evaluated_drawn_and_used_on_every_backend(tmp_p
                                                                            trained_on, used_on):
     """Train on one backend; resume, evaluate, visualize and predict on the other (CuPy pairs
     need a GPU). Weights and optimizer state move to the device they are loaded on."""
-    from conftest import _cupy_with_gpu
+    from conftest import require_cupy
     from matplotlib.figure import Figure
 
-    if "cupy" in (trained_on, used_on) and _cupy_with_gpu() is None:
-        pytest.skip("CuPy with a CUDA GPU is not available")
+    if "cupy" in (trained_on, used_on):
+        require_cupy()
     run = tmp_path / "run"
     assert demo("train_mnist").main(["--epochs", "1", "--out", str(run), "--backend", trained_on, *TINY]) == 0
     assert demo("train_mnist").main(["--out", str(run), "--resume", "--epochs", "2", "--backend", used_on]) == 0

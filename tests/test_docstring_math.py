@@ -248,30 +248,40 @@ def test_label_smoothed_loss_and_its_gradient(rng):
 
 
 # ----- optim.py (1 formula) ------------------------------------------------------------------------
-def test_adamw_update_as_written():
-    """p <- p (1 - lr wd); m, v moments; p <- p - (lr / (1 - b1^t)) m / (sqrt(v) / sqrt(1 - b2^t) + eps),
-    against numpyvit's fused AdamW (and PyTorch's, where it is installed)."""
+ADAMW = dict(lr=0.01, weight_decay=0.1, betas=(0.9, 0.999), eps=1e-8)
+
+
+def adamw_by_hand():
+    """Three steps of the update as the docstring writes it: (initial p, gradients, final p)."""
     rng = np.random.default_rng(1)
     p0, grads = rng.standard_normal(5), rng.standard_normal((3, 5))
-    lr, wd, b1, b2, eps = 0.01, 0.1, 0.9, 0.999, 1e-8
+    lr, wd, (b1, b2), eps = ADAMW["lr"], ADAMW["weight_decay"], ADAMW["betas"], ADAMW["eps"]
     p, m, v = p0.copy(), np.zeros(5), np.zeros(5)
     for t, g in enumerate(grads, start=1):
         p = p * (1 - lr * wd)
         m = b1 * m + (1 - b1) * g
         v = b2 * v + (1 - b2) * g**2
         p = p - (lr / (1 - b1**t)) * m / (np.sqrt(v) / math.sqrt(1 - b2**t) + eps)
+    return p0, grads, p
+
+
+def test_adamw_update_as_written():
+    """p <- p (1 - lr wd); m, v moments; p <- p - (lr / (1 - b1^t)) m / (sqrt(v) / sqrt(1 - b2^t) + eps),
+    against numpyvit's fused AdamW."""
+    p0, grads, p = adamw_by_hand()
     ours = Parameter(p0.copy())
-    opt = AdamW([ours], lr=lr, betas=(b1, b2), eps=eps, weight_decay=wd)
+    opt = AdamW([ours], **ADAMW)
     for g in grads:
         ours.grad[...] = g
         opt.step()
     np.testing.assert_allclose(p, ours.data, rtol=1e-13)
-    try:
-        import torch
-    except ImportError:
-        return
+
+
+def test_adamw_update_as_written_is_pytorchs(torch):
+    """The same update by torch.optim.AdamW (its documented algorithm)."""
+    p0, grads, p = adamw_by_hand()
     theirs = torch.tensor(p0, requires_grad=True)
-    opt = torch.optim.AdamW([theirs], lr=lr, betas=(b1, b2), eps=eps, weight_decay=wd)
+    opt = torch.optim.AdamW([theirs], **ADAMW)
     for g in grads:
         theirs.grad = torch.tensor(g)
         opt.step()

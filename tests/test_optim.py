@@ -100,8 +100,7 @@ def test_adamw_param_groups_take_their_own_lr_and_weight_decay(rng):
     np.testing.assert_allclose(b.data, expected_b, rtol=1e-12)
 
 
-def test_adamw_equals_pytorch(trained):
-    torch = pytest.importorskip("torch")
+def test_adamw_equals_pytorch(trained, torch):
     initial, grads, final, shapes = trained
     tensors = {name: torch.nn.Parameter(torch.tensor(value)) for name, value in initial.items()}
     groups = [{"params": [t for n, t in tensors.items() if decayed_by_default(n, shapes[n])]},
@@ -115,8 +114,7 @@ def test_adamw_equals_pytorch(trained):
         np.testing.assert_allclose(final[name], t.detach().numpy(), rtol=1e-12, atol=1e-15, err_msg=name)
 
 
-def test_adamw_float32_equals_pytorch_float32(rng):
-    torch = pytest.importorskip("torch")
+def test_adamw_float32_equals_pytorch_float32(rng, torch):
     p = Parameter(rng.standard_normal((4, 6)).astype(np.float32))
     t = torch.nn.Parameter(torch.tensor(p.data.copy()))
     opt = AdamW([p], lr=LR, betas=BETAS, eps=EPS, weight_decay=WD)

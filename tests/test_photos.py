@@ -56,6 +56,18 @@ def test_the_eval_transform_resizes_the_short_side_crops_the_center_and_normaliz
         eval_transform(tmp_path / "missing.png", 32, 0.5, 0.5)
 
 
+@pytest.mark.parametrize("size, img_size, crop_pct", [((300, 200), 32, 0.8), ((40, 90), (24, 16), 0.9),
+                                                      ((17, 17), 224, 0.875)])
+def test_a_flat_colour_photo_becomes_exactly_its_normalized_colour(tmp_path, size, img_size, crop_pct):
+    """Resizing and cropping keep a flat colour flat, so every pixel must be (c / 255 - mean) / std
+    exactly (float32 rounding): a skipped or misplaced normalization cannot pass."""
+    colour, mean, std = (51, 102, 204), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    Image.fromarray(np.full((size[1], size[0], 3), colour, dtype=np.uint8)).save(tmp_path / "flat.png")
+    x = eval_transform(tmp_path / "flat.png", img_size, mean, std, crop_pct)
+    expected = (np.array(colour) / 255 - np.array(mean)) / np.array(std)
+    np.testing.assert_allclose(x, np.broadcast_to(expected[:, None, None], x.shape), rtol=2e-7, atol=2e-7)
+
+
 def test_imagenet_class_names_are_the_thousand_in_order():
     names = imagenet_classes()
     assert len(names) == 1000 and names[0].startswith("tench") and names[281].startswith("tabby")

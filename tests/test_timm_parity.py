@@ -11,12 +11,14 @@ import numpy as np
 import pytest
 
 import numpyvit
+from conftest import oracle
 from numpyvit.data.images import eval_transform
 from numpyvit.weights import read_safetensors, resample_pos_embed, save_weights, to_jax
 
-torch = pytest.importorskip("torch")
-timm = pytest.importorskip("timm")
-pytest.importorskip("safetensors")
+pytestmark = pytest.mark.oracle
+torch = oracle("torch")
+timm = oracle("timm")
+oracle("safetensors")
 
 ODD = dict(img_size=(48, 80), patch_size=16, embed_dim=96, depth=3, num_heads=3, mlp_ratio=3.0, num_classes=7)
 MODELS = [("vit_tiny_patch16_224", {}), ("vit_base_patch16_224", {}), ("odd", ODD)]

@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 
 import numpyvit
+from conftest import oracle
 
-torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.oracle
+torch = oracle("torch")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "demos"))
 from torch_reference import from_npz  # noqa: E402
 

@@ -332,9 +332,13 @@ def test_train_config_survives_json_and_refuses_bad_values():
     assert TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
     with pytest.raises(ValueError, match="unknown training settings: lr_max"):
         TrainConfig.from_dict({"lr_max": 1.0})
-    for bad in (dict(epochs=0), dict(batch_size=2.5), dict(label_smoothing=1.0), dict(clip_norm=0),
-                dict(min_lr=1.0, lr=0.1), dict(tta="yes"), dict(augment=1), dict(hflip=None)):
-        with pytest.raises(ValueError):
+    for bad, says in ((dict(epochs=0), "epochs must be a positive integer"),
+                      (dict(batch_size=2.5), "batch_size must be a positive integer"),
+                      (dict(label_smoothing=1.0), r"label_smoothing must be in \[0, 1\)"),
+                      (dict(clip_norm=0), "clip_norm must be > 0"), (dict(min_lr=1.0, lr=0.1), "min_lr <= lr"),
+                      (dict(tta="yes"), "tta must be True or False"), (dict(augment=1), "augment must be True"),
+                      (dict(hflip=None), "hflip must be True or False")):
+        with pytest.raises(ValueError, match=says):
             TrainConfig(**bad)
 
 

@@ -168,8 +168,31 @@ def test_resampling_weights_follow_the_antialiased_bicubic_formula():
         np.testing.assert_allclose(W[i], w / w.sum())
     np.testing.assert_allclose(resize_weights(5, 13).sum(axis=1), 1.0)
     assert cubic(np.array([0.0, 1.0, 2.0])).tolist() == [1.0, 0.0, 0.0]
+    # Keys' kernel with a = -0.5 (PIL's and PyTorch's antialiased bicubic; a = -0.75 is OpenCV's and
+    # PyTorch's plain one) at known points: k(1/2) = 9/16, k(3/2) = -1/16, k(1/4) = 111/128
+    assert cubic(np.array([0.5, 1.5, 0.25, -1.25])).tolist() == [9 / 16, -1 / 16, 111 / 128, -9 / 128]
+    np.testing.assert_allclose(resize_weights(2, 4)[0], np.array([111, -9]) / 102, rtol=1e-15)   # 2 -> 4
     up = resize_weights(2, 4) @ np.array([1.0, 1.0])                  # a constant stays constant
     np.testing.assert_allclose(up, 1.0)
+
+
+# timm's outputs for table = (arange(10) ** 2 / 10).reshape(1, 10, 1), a 3x3 grid after [CLS], made once
+# (timm 1.0.31, torch 2.14.1) by resample_abs_pos_embed(torch.from_numpy(table), new, [3, 3],
+# num_prefix_tokens=1); timm interpolates in float32, hence the 1e-6.
+TIMM_RESAMPLED = {
+    (5, 4): [0.0, -0.02651361562311649, 0.114534892141819, 0.42910152673721313, 0.7199803590774536,
+             0.453096479177475, 0.7334856390953064, 1.2510122060775757, 1.6812318563461304, 1.5529851913452148,
+             2.0869035720825195, 2.9737136363983154, 3.6574625968933105, 3.740933656692505, 4.52838134765625,
+             5.784475326538086, 6.7217535972595215, 5.068332672119141, 5.995121002197266, 7.454174995422363,
+             8.530794143676758],
+    (2, 2): [0.0, 0.6349496245384216, 1.4437012672424316, 4.204535961151123, 6.156619071960449],
+}
+
+
+@pytest.mark.parametrize("new", TIMM_RESAMPLED, ids=["3x3_to_5x4", "3x3_to_2x2"])
+def test_resampling_gives_timms_stored_outputs(new):
+    table = (np.arange(10.0) ** 2 / 10).reshape(1, 10, 1)
+    np.testing.assert_allclose(resample_pos_embed(table, new, (3, 3))[0, :, 0], TIMM_RESAMPLED[new], atol=1e-6)
 
 
 def test_resampling_keeps_the_prefix_and_resizes_the_grid(rng):

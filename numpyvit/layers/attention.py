@@ -91,6 +91,9 @@ class Attention(Module):
         """``folded_norm``: the LayerNorm whose ``normalize`` made x, folded into qkv (Linear).
         ``first_tokens``: the number Q of leading tokens whose output is wanted (None: all N)."""
         xp = array_module(x)
+        if x.ndim != 3 or x.shape[-1] != self.num_heads * self.head_dim:
+            raise ValueError(f"Attention needs tokens of shape (B, N, {self.num_heads * self.head_dim}), "
+                             f"got {tuple(x.shape)}")
         B, N, D = x.shape
         H, d, Q = self.num_heads, self.head_dim, N if first_tokens is None else first_tokens
         qkv = self.qkv(x, folded_norm).reshape(B, N, 3, H, d).transpose(2, 0, 3, 1, 4)   # (3, B, H, N, d) view
