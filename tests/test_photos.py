@@ -68,6 +68,16 @@ def test_a_flat_colour_photo_becomes_exactly_its_normalized_colour(tmp_path, siz
     np.testing.assert_allclose(x, np.broadcast_to(expected[:, None, None], x.shape), rtol=2e-7, atol=2e-7)
 
 
+def test_the_crop_is_the_center_of_the_resized_photo(tmp_path):
+    """A wide photo, black | white | black in thirds: the center crop is all white (a crop from the
+    left or right edge would be black)."""
+    pixels = np.zeros((100, 300, 3), dtype=np.uint8)
+    pixels[:, 100:200] = 255
+    Image.fromarray(pixels).save(tmp_path / "thirds.png")
+    x = eval_transform(tmp_path / "thirds.png", 20, mean=0.0, std=1.0, crop_pct=1.0)   # 60 x 20, keep 20 x 20
+    assert x[:, :, 2:-2].min() > 0.99 and x.mean() > 0.9
+
+
 def test_imagenet_class_names_are_the_thousand_in_order():
     names = imagenet_classes()
     assert len(names) == 1000 and names[0].startswith("tench") and names[281].startswith("tabby")
