@@ -3,11 +3,16 @@
 ``atomic_file(path)``: writes go to a temporary file in the same folder, are flushed to disk, then
 renamed over the target in one step (``os.replace``): a crash mid-write leaves the previous file
 intact. ``cache_dir()``: the per-user folder for downloads and the engine's measurements.
+``read_regular_file(path, max_bytes)``: the bytes of a regular file no larger than max_bytes, or
+an InputError saying why not; a FIFO, a device or a folder is refused without blocking on it.
 """
 import contextlib
 import os
+import stat
 import tempfile
 from pathlib import Path
+
+from .errors import InputError
 
 
 def cache_dir():
@@ -36,3 +41,26 @@ def atomic_file(path):
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def read_regular_file(path, max_bytes, what="file"):
+    """The bytes of ``path`` if it is a regular file of at most ``max_bytes``; InputError otherwise
+    (``what`` names the file in the message). Opened without blocking and checked through the open
+    descriptor, so a FIFO or a device put in a file's place is refused, never waited on."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as error:
+        raise InputError(f"{what} {path} cannot be opened: {error.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise InputError(f"{what} {path} is not a regular file (a FIFO, a device or a folder?)")
+        if info.st_size > max_bytes:
+            raise InputError(f"{what} {path} is {info.st_size:,} bytes; numpyvit reads at most {max_bytes:,}")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(max_bytes + 1)
+    finally:
+        os.close(fd)
+    if len(data) > max_bytes:
+        raise InputError(f"{what} {path} grew past {max_bytes:,} bytes while it was read")
+    return data

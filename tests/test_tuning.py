@@ -10,7 +10,8 @@ import pytest
 
 import numpyvit
 from numpyvit import parallel
-from numpyvit.engine import tuning
+from numpyvit.engine import cache, tuning
+from numpyvit.engine.__main__ import main as engine_main
 
 
 @pytest.fixture
@@ -26,7 +27,10 @@ def tuned(monkeypatch, tmp_path):
     monkeypatch.setattr(parallel, "settings", parallel.Settings())
     monkeypatch.setattr(tuning, "_spent", dict(seconds=0.0))
     monkeypatch.setattr(tuning, "_said", set())
-    return tmp_path / tuning.CACHE_NAME
+    monkeypatch.setattr(tuning, "_observed", {})
+    monkeypatch.setattr(tuning, "_rechecked", set())
+    monkeypatch.setattr(cache, "_warned", set())
+    return tmp_path / cache.CACHE_NAME
 
 
 def model(**overrides):
@@ -212,9 +216,125 @@ def test_a_run_too_short_to_repay_measuring_is_not_measured(tuned, monkeypatch, 
     assert m.runner.strategy(6) == tuning.default_strategy(6, 2)
     assert capsys.readouterr().err.count("too short to repay measuring") == 1
     entry = json.loads(tuned.read_text()).popitem()[1]
-    assert not entry["workloads"] and len(entry["probes"]) == 1     # the probe is kept, no choice
+    assert not entry["workloads"] and not entry.get("probes")       # decided by image counts: not even a probe
     monkeypatch.setattr(tuning, "_decisions", {})
-    with tuning.planned(10**9):                                      # a long run measures, reusing the probe
+    with tuning.planned(10**9):                                      # a long run measures
         model()(images())
     entry = json.loads(tuned.read_text()).popitem()[1]
     assert len(entry["workloads"]) == 1 and len(entry["probes"]) == 1
+
+
+def plant(path, key, probe=None, workload=None):
+    """Put a probe (seconds an image) and/or a decision for ``key`` into this machine's cache entry."""
+    entry = dict(machine=tuning.machine(), settings=None, workloads={}, probes={})
+    if probe is not None:
+        entry["probes"][key] = probe
+    if workload is not None:
+        entry["workloads"][key] = workload
+    path.write_text(json.dumps({tuning.fingerprint(): entry}))
+
+
+def training_key(m, batch):
+    return tuning.workload_key(m.config, batch, True, 2)
+
+
+def test_a_probe_planted_25_times_too_slow_does_not_stop_a_long_run_from_measuring(tuned, capsys):
+    m = model()
+    with tuning.planned(10**6):                                      # a run long enough to repay measuring
+        m(images())                                                  # the real probe, cached
+    real = json.loads(tuned.read_text()).popitem()[1]["probes"][training_key(m, 6)]
+    plant(tuned, training_key(m, 6), probe=25 * real)                # as if taken on a busy machine
+    tuning._decisions.clear()
+    capsys.readouterr()
+    with tuning.planned(70 * 70_000):                                # Fashion-MNIST's 70 epochs
+        model()(images())
+    assert "too short" not in capsys.readouterr().err
+    assert training_key(m, 6) in json.loads(tuned.read_text()).popitem()[1]["workloads"]
+
+
+def test_a_vit_b_sized_workload_planned_for_an_hour_measures_on_a_slice(tuned):
+    m = model()
+    plant(tuned, training_key(m, 64), probe=0.26)                    # ViT-B/16 training on 2 cores: 0.26 s an image
+    with tuning.planned(int(3600 / 0.26)):                           # an hour of it
+        images_timed = tuning.measuring_batch(m, 64, ["threads", "blas"], True, training_key(m, 64))
+    assert images_timed == 2 * tuning.MIN_IMAGES_PER_THREAD          # the smallest slice: 14 steps, 29 s of 3600
+    with tuning.planned(200):                                        # 200 images: measuring would cost more
+        assert tuning.measuring_batch(m, 64, ["threads", "blas"], True, training_key(m, 64)) is None
+
+
+def test_a_cached_decision_the_run_disagrees_with_is_measured_again_once(tuned, capsys):
+    m = model()
+    key = training_key(m, 6)
+    plant(tuned, key, workload=dict(strategy="blas", ms={"blas": 600.0, "split": 700.0}, images=6, seconds=1.0))
+    m(images())                                                      # takes the cached decision: 100 ms an image
+    assert m.runner.strategy(6) == "blas"
+    for _ in range(tuning.STEPS_TO_CHECK + 2):
+        tuning.observe_step(m, 6, 6 * 0.002)                         # the steps take 2 ms an image
+    err = capsys.readouterr().err
+    assert "steps take 2.00 ms an image, but the cached measurement of this workload (blas, 100.00 ms" in err
+    assert key not in json.loads(tuned.read_text()).popitem()[1]["workloads"]
+    m(images())                                                      # measured again
+    choice = json.loads(tuned.read_text()).popitem()[1]["workloads"][key]
+    assert choice["images"] == 6 and "measured" in choice
+    for _ in range(tuning.STEPS_TO_CHECK + 2):                       # once: no second look this process
+        tuning.observe_step(m, 6, 6 * 10.0)
+    assert "measuring again" not in capsys.readouterr().err
+
+
+def test_steps_that_agree_keep_the_cached_decision(tuned, capsys):
+    m = model()
+    plant(tuned, training_key(m, 6), workload=dict(strategy="blas", ms={"blas": 6.0}, images=6, seconds=1.0))
+    m(images())
+    for seconds in (0.5, 0.5, 0.0015, 0.0009, 0.0011, 0.0012, 0.001, 0.0008):   # the first two are warm-ups
+        tuning.observe_step(m, 6, 6 * seconds)
+    assert "measuring again" not in capsys.readouterr().err
+    assert training_key(m, 6) in json.loads(tuned.read_text()).popitem()[1]["workloads"]
+
+
+BAD_CACHES = {
+    "not json": "{not json",
+    "a list": "[1, 2]",
+    "a string for a probe": '{"f": {"probes": {"k": "fast"}}}',
+    "NaN for a probe": '{"f": {"probes": {"k": NaN}}}',
+    "an unknown strategy": '{"f": {"workloads": {"k": {"strategy": "gpu", "ms": {}}}}}',
+    "a negative time": '{"f": {"workloads": {"k": {"strategy": "blas", "ms": {"blas": -1}}}}}',
+    "settings as a list": '{"f": {"settings": [1, 2, 3]}}',
+    "a machine entry as a number": '{"f": 3}',
+}
+
+
+@pytest.mark.parametrize("text", BAD_CACHES.values(), ids=BAD_CACHES.keys())
+def test_a_malformed_cache_is_ignored_with_a_warning_and_rewritten(tuned, capsys, text):
+    tuned.write_text(text)
+    model()(images())
+    assert "numpyvit: ignoring" in capsys.readouterr().err
+    (entry,) = json.loads(tuned.read_text()).values()
+    assert len(entry["workloads"]) == 1
+
+
+@pytest.mark.parametrize("kind", ["fifo", "folder", "huge"])
+def test_a_cache_that_is_no_regular_file_or_too_big_never_hangs_or_crashes(tuned, capsys, kind):
+    if kind == "fifo":
+        os.mkfifo(tuned)                                             # reading it would block forever
+    elif kind == "folder":
+        tuned.mkdir()
+    else:
+        tuned.write_bytes(b" " * (cache.MAX_BYTES + 1))
+    m = model()
+    m(images())
+    assert m.runner.strategy(6) in tuning.STRATEGIES
+    assert "numpyvit: ignoring the tuning cache" in capsys.readouterr().err
+    if kind != "folder":                                             # replaced by a good file
+        assert len(json.loads(tuned.read_text())) == 1
+
+
+def test_the_cache_can_be_shown_and_forgotten(tuned, capsys):
+    model()(images())
+    assert engine_main(["--show"]) == 0
+    shown = capsys.readouterr().out
+    assert f"cache: {tuned}" in shown and "workloads measured: 1" in shown
+    assert "D 8, depth 1, 8 px, patch 4, training, batch 8, float32, 2 threads: " in shown and "probe of" in shown
+    assert engine_main(["--forget"]) == 0
+    assert f"removed {tuned}" in capsys.readouterr().out and not tuned.exists()
+    assert engine_main(["--forget"]) == 0
+    assert "nothing to forget" in capsys.readouterr().out

@@ -19,8 +19,9 @@ machine, and remembered:
    What it costs is kept small (``measure``): a step longer than STEP_BUDGET is timed on a slice of
    the batch (4 images a thread at least), a strategy clearly slower at its first step is not timed
    again, and inside ``planned(images)`` (numpyvit.train.fit) measuring takes at most RUN_SHARE of
-   the run's estimated time, or is skipped for a run too short to repay it (then the rule below
-   runs it, and nothing is cached). One line on stderr says when it measures and how long it took;
+   the run's estimated time, or is skipped for a run too short to repay it (fewer than
+   STEPS_TO_MEASURE / RUN_SHARE = 280 steps of the smallest slice; then the rule below runs it,
+   and nothing is cached). One line on stderr says when it measures and how long it took;
    the training loop leaves that time out of its img/s. Where the worker processes' files cannot be
    made in shared memory (numpyvit.engine.workers.SharedMemoryError: no room, as in Docker's 64 MB
    /dev/shm, or not writable), processes are left out of the choice for the rest of the process,
@@ -29,7 +30,11 @@ machine, and remembered:
 Both are kept in ``<cache>/tuning.json`` (cache: $NUMPYVIT_CACHE_DIR, else $XDG_CACHE_HOME/numpyvit,
 else ~/.cache/numpyvit) under a fingerprint of the machine: CPU model, usable cores, NumPy and BLAS
 versions, BLAS kernel, OPENBLAS_CORETYPE, numpyvit's version. Another machine, or a new NumPy
-or numpyvit, measures again.
+or numpyvit, measures again. A measurement is evidence, not a verdict: inside ``fit`` the training
+loop's own step times are compared with it (``observe_step``), and a cached measurement they
+disagree with by more than DISAGREE times is dropped and taken again, once. The cache is disposable
+(numpyvit.engine.cache): anything malformed in it is ignored with a warning and rewritten.
+``python -m numpyvit.engine --show`` prints what was measured; ``--forget`` removes it.
 
     NUMPYVIT_PARALLEL=processes|threads|split|blas   always this strategy (nothing is measured)
     NUMPYVIT_TUNING=off                              measure nothing: default sizes, and shards on
@@ -45,21 +50,18 @@ import sys
 import threading
 import time
 import warnings
-from pathlib import Path
 
 import numpy as np
 
 from .. import parallel
 from ..errors import InputError
-from ..files import atomic_file, cache_dir
 from ..grad_mode import grad_enabled
 from ..per_thread import PerThread
 from ..version import __version__
+from .cache import STRATEGIES, cache_path, load_cache, write_cache
 from .calibration import best_time, calibrate_settings
 from .workers import SUPPORTED as PROCESSES_SUPPORTED, SharedMemoryError
 
-STRATEGIES = ("processes", "threads", "split", "blas")
-CACHE_NAME = "tuning.json"
 PROCESS_MARGIN = 1.05    # worker processes are chosen only when this much faster than threads: each
                          # holds an interpreter, and the weights are copied to them every step
 CLOSE_CALL = 1.25        # the two fastest strategies within this factor are timed again, taking turns
@@ -69,6 +71,9 @@ MIN_IMAGES_PER_THREAD = 4   # ... but of this many images a thread at least: wit
                          # changes (ViT-B at 1 image a thread ranked blas first, 13% slower at 4)
 RUN_SHARE = 0.05         # measuring may cost this share of a planned run's estimated time, at most
 STEPS_TO_MEASURE = 14    # about how many steps measuring takes (4 strategies, a close call in turns)
+PROBE_REPEATS = 3        # the probe of one image a thread: the best of this many, after a warm-up
+DISAGREE = 2.0           # a run's own steps this many times slower or faster than measured: measure again
+STEPS_TO_CHECK = 6       # ... judged by the median of this many training steps (after the first two)
 _forced = PerThread(None)               # a strategy forced on this thread (measuring, tests)
 _planned = PerThread(None)              # images the run on this thread will process (``planned``)
 _state = dict(settings_applied=False, fingerprint=None)
@@ -76,15 +81,13 @@ _decisions = {}                        # workload key -> strategy, for this proc
 _refused = dict(processes=None)        # why worker processes cannot run in this process, if they cannot
 _spent = dict(seconds=0.0)             # time spent measuring in this process
 _said = set()                          # lines printed once
+_observed = {}                         # workload key -> seconds an image of the training loop's steps
+_rechecked = set()                     # workload keys measured again after a disagreement (once each)
 _lock = threading.RLock()
 
 
 class TuningError(InputError):
     """NUMPYVIT_PARALLEL or NUMPYVIT_TUNING holds a value numpyvit does not know."""
-
-
-def cache_path():
-    return Path(os.environ.get("NUMPYVIT_CACHE_DIR") or cache_dir()) / CACHE_NAME
 
 
 def tuning_enabled():
@@ -125,28 +128,14 @@ def fingerprint():
     return _state["fingerprint"]
 
 
-# ----- the cache file ------------------------------------------------------------------------------
-def load_cache():
-    """{fingerprint: {"machine": ..., "settings": ..., "workloads": {key: entry}}}; {} if unreadable."""
-    try:
-        cache = json.loads(cache_path().read_text())
-        return cache if isinstance(cache, dict) else {}
-    except (OSError, ValueError):
-        return {}
-
-
+# ----- the cache file (numpyvit.engine.cache: validated, disposable) ---------------------------------
 def _update_cache(update):
     """Apply ``update(entry)`` to this machine's entry and write the file atomically."""
-    path = cache_path()
     with _lock:
         cache = load_cache()
         entry = cache.setdefault(fingerprint(), dict(machine=machine(), settings=None, workloads={}))
         update(entry)
-        try:
-            with atomic_file(path) as f:
-                f.write(json.dumps(cache, indent=1).encode())
-        except OSError:
-            pass                                                     # a read-only home: measure again next time
+        write_cache(cache)
 
 
 def machine_entry():
@@ -303,32 +292,72 @@ def measure(model, batch, strategies, training, key=None):
     seconds = time.perf_counter() - started
     _say(f"numpyvit: measured in {seconds:.1f} s: {best} (left out of the training's img/s)")
     return dict(strategy=best, ms={strategy: round(t * 1e3, 2) for strategy, t in times.items()}, images=images,
-                seconds=round(seconds, 2))
+                seconds=round(seconds, 2), measured=time.strftime("%Y-%m-%d %H:%M"))
 
 
 def measuring_batch(model, batch, strategies, training, key=None):
     """The batch size to time the strategies on, or None when measuring would not pay. The workload's own
     batch when its step is estimated to take at most STEP_BUDGET, else the largest multiple of the
-    thread count that fits (MIN_IMAGES_PER_THREAD a thread at least). Inside ``planned(images)``,
-    also small enough that measuring costs at most RUN_SHARE of the run, and None if that smallest
-    slice is already too much. The estimates scale one step of one image a thread (products on BLAS's
-    threads) by the images; that probe is cached under the workload's ``key``."""
+    thread count that fits (MIN_IMAGES_PER_THREAD a thread at least: the smallest slice).
+
+    Inside ``planned(images)``: measuring takes about STEPS_TO_MEASURE steps, so it is skipped (None)
+    only when that many steps of the smallest slice would cost more than RUN_SHARE of the run, which
+    is STEPS_TO_MEASURE * smallest > RUN_SHARE * images: the image counts decide, so no timing can
+    make a long run skip. Otherwise the slice is also kept within RUN_SHARE of the run. The estimates
+    scale a probe, the best of PROBE_REPEATS steps of one image a thread (products on BLAS's
+    threads) after a warm-up, cached under the workload's ``key``."""
     threads = parallel.num_threads()
+    smallest, step_budget = min(batch, threads * MIN_IMAGES_PER_THREAD), STEP_BUDGET
+    run = _planned.get()
+    if run is not None:
+        if STEPS_TO_MEASURE * smallest > RUN_SHARE * run:
+            return None
     per_image = machine_entry().get("probes", {}).get(key)
     if per_image is None:
         probe = min(batch, threads)
         with forced(next((strategy for strategy in ("blas", "split") if strategy in strategies), strategies[-1])):   # no shards to make
-            per_image = best_time(_timed_step(model, probe, training), 1) / probe
+            per_image = best_time(_timed_step(model, probe, training), PROBE_REPEATS) / probe
         if key is not None:
             _update_cache(lambda entry: entry.setdefault("probes", {}).update({key: per_image}))
-    smallest, budget = min(batch, threads * MIN_IMAGES_PER_THREAD), STEP_BUDGET
-    if _planned.get() is not None:
-        budget = min(budget, RUN_SHARE * per_image * _planned.get() / STEPS_TO_MEASURE)
-        if per_image * smallest > budget:
-            return None
-    if per_image * batch <= budget:
+    if run is not None:
+        step_budget = max(min(step_budget, RUN_SHARE * per_image * run / STEPS_TO_MEASURE), per_image * smallest)
+    if per_image * batch <= step_budget:
         return batch
-    return max(smallest, min(batch, threads * int(budget / per_image / threads)))
+    return max(smallest, min(batch, threads * int(step_budget / per_image / threads)))
+
+
+def observe_step(model, batch, seconds):
+    """The training loop's timing of one step of ``batch`` images (forward, backward, optimizer;
+    measuring left out). The median seconds an image of STEPS_TO_CHECK steps (after the first two)
+    is compared with what measuring found for the strategy in use; when they disagree by more
+    than DISAGREE times either way, the cached probe and decision were taken on a busy (or another)
+    machine: they are dropped, one line says so, and the next step measures again (once a workload
+    a process)."""
+    threads = parallel.num_threads()
+    key = workload_key(model.config, batch, True, threads)
+    if key in _rechecked or key not in _decisions or forced_strategy():
+        return
+    samples = _observed.setdefault(key, [])
+    samples.append(seconds / batch)
+    if len(samples) < STEPS_TO_CHECK + 2:
+        return
+    _rechecked.add(key)
+    entry = machine_entry().get("workloads", {}).get(key)
+    if entry is None or entry.get("strategy") != _decisions[key] or "images" not in entry:
+        return                                                       # unmeasured: nothing to disagree with
+    expected = entry["ms"][entry["strategy"]] / 1e3 / entry["images"]
+    actual = float(np.median(samples[2:]))
+    if max(actual / expected, expected / actual) <= DISAGREE:
+        return
+    _say(f"numpyvit: this run's steps take {actual * 1e3:.2f} ms an image, but the cached measurement of this "
+         f"workload ({entry['strategy']}, {expected * 1e3:.2f} ms an image) says otherwise: it was taken on a "
+         "busy or different machine; measuring again, once")
+
+    def drop(cache_entry):
+        cache_entry.get("workloads", {}).pop(key, None)
+        cache_entry.get("probes", {}).pop(key, None)
+    _update_cache(drop)
+    del _decisions[key]
 
 
 def _timed_step(model, images, training):
@@ -401,9 +430,26 @@ def _untouched(model, training):
 
 
 def summary():
-    """This machine's measured sizes and choices, as printable lines (demos/benchmark.py)."""
+    """This machine's measured sizes, choices and probes, as printable lines (``python -m
+    numpyvit.engine --show``, demos/benchmark.py)."""
     entry = machine_entry()
-    lines = [f"machine: {json.dumps(machine())}", f"settings: {json.dumps(parallel.settings.__dict__)}"]
-    for key, choice in entry.get("workloads", {}).items():
-        lines.append(f"  {key} -> {choice['strategy']}  (ms per forward: {choice['ms']})")
+    lines = [f"cache: {cache_path()}", f"machine: {json.dumps(machine())}",
+             f"settings: {json.dumps(entry.get('settings'))}"]
+    workloads = entry.get("workloads", {})
+    lines.append(f"workloads measured: {len(workloads)}" + ("" if workloads else " (none yet)"))
+    for key, choice in workloads.items():
+        if "ms" in choice:
+            timed = ", ".join(f"{s} {ms:g}" for s, ms in sorted(choice["ms"].items(), key=lambda item: item[1]))
+            lines.append(f"  {_describe(key)}: {choice['strategy']}  (ms a step of {choice.get('images', '?')} "
+                         f"images: {timed}; measured {choice.get('measured', 'at an unknown time')} in "
+                         f"{choice.get('seconds', '?')} s)")
+    for key, seconds in entry.get("probes", {}).items():
+        lines.append(f"  probe of {_describe(key)}: {seconds * 1e3:.2f} ms an image")
     return lines
+
+
+def _describe(key):
+    """A workload key in words: 'D 64, depth 6, 28 px, patch 7, training, batch 128, 2 threads'."""
+    k = json.loads(key)
+    return (f"D {k['embed_dim']}, depth {k['depth']}, {k['img_size']} px, patch {k['patch_size']}, "
+            f"{'training' if k['training'] else 'inference'}, batch {k['batch']}, {k['dtype']}, {k['threads']} threads")

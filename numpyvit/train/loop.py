@@ -190,6 +190,7 @@ class _Loop:
             return time.perf_counter() - t0 - (tuning.seconds_measuring() - measured0)
         model.train()
         for x, y in batches:
+            step_start, measured_before = time.perf_counter(), tuning.seconds_measuring()
             self.optimizer.lr = warmup_cosine(state.step, self.total_steps, config.lr, self.warmup_steps,
                                               config.min_lr)
             logits = model(x)                                            # (B, K)
@@ -200,6 +201,8 @@ class _Loop:
             if config.clip_norm is not None:
                 clip_grad_norm(self.optimizer, config.clip_norm)
             self.optimizer.step()
+            step_seconds = time.perf_counter() - step_start - (tuning.seconds_measuring() - measured_before)
+            tuning.observe_step(model, b, step_seconds)                  # does the cached measurement hold?
             loss_sum += loss * b                                         # device sums: no sync
             correct += (logits.argmax(axis=1) == y).sum()
             seen, state.step, state.epoch_step, self.session_steps = (seen + B, state.step + 1,
