@@ -9,7 +9,7 @@ from . import cache, tuning
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m numpyvit.engine", description=__doc__.splitlines()[0])
     action = parser.add_mutually_exclusive_group(required=True)
-    action.add_argument("--show", action="store_true", help="print the measured sizes, strategies and probes")
+    action.add_argument("--show", action="store_true", help="print the measured sizes and strategies")
     action.add_argument("--forget", action="store_true", help="remove the tuning cache (measured again next run)")
     args = parser.parse_args(argv)
     if args.show:

@@ -7,8 +7,7 @@ It is read only when it is a regular file of at most MAX_BYTES holding JSON of t
                                        "min_split_elements": int >= 0},
                    "workloads": {key: {"strategy": one of STRATEGIES,
                                        "ms": {strategy: milliseconds > 0}, "images": int > 0,
-                                       "seconds": >= 0, "measured": "YYYY-MM-DD HH:MM"}},
-                   "probes": {key: seconds an image > 0}}}
+                                       "seconds": >= 0, "measured": "YYYY-MM-DD HH:MM"}}}}
 
 Anything else (a FIFO, a folder, a huge file, bad JSON, a string where a number belongs) is
 ignored with one warning on stderr: the machine is measured again and the file rewritten
@@ -92,9 +91,6 @@ def check_schema(cache):
                     f"workload {key}: ms {ms!r} are not positive times of known strategies")
             _expect(_count(choice.get("images", 1), 1), f"workload {key}: images {choice.get('images')!r}")
             _expect(_time(choice.get("seconds", 1), 0.0), f"workload {key}: seconds {choice.get('seconds')!r}")
-        probes = entry.get("probes", {})
-        _expect(isinstance(probes, dict) and all(_time(t) for t in probes.values()),
-                "probes are not positive times")
 
 
 def _expect(condition, problem):

@@ -233,7 +233,7 @@ def choose_strategy(model, batch):
         entry = machine_entry().get("workloads", {}).get(key)
         if entry is None or entry.get("strategy") not in strategies:
             with _counted():
-                entry = measure(model, batch, strategies, training, key)
+                entry = measure(model, batch, strategies, training)
             if _refused["processes"] is None and not entry.get("unmeasured"):   # (a full /dev/shm is the
                 _update_cache(lambda cache_entry: cache_entry["workloads"].update({key: entry}))   # container's)
         _decisions[key] = entry["strategy"]
@@ -250,7 +250,7 @@ def _counted():
         _spent["seconds"] += time.perf_counter() - start
 
 
-def measure(model, batch, strategies, training, key=None):
+def measure(model, batch, strategies, training):
     """Time each strategy on ``model`` itself with a random batch: a forward, and for a ``training``
     workload a forward and a backward; the fastest wins. Returns {"strategy": fastest,
     "ms": {strategy: milliseconds}, "images": the batch it was timed on, "seconds": what measuring took}.
@@ -261,7 +261,7 @@ def measure(model, batch, strategies, training, key=None):
     it measures, and how long it took."""
     started = time.perf_counter()
     with _untouched(model, training):
-        images = measuring_batch(model, batch, strategies, training, key)
+        images = measuring_batch(model, batch, strategies, training)
         if images is None:                                           # not worth it for this run
             strategy = default_strategy(batch, parallel.num_threads())
             _say(f"numpyvit: this run is too short to repay measuring how to use the cores; it runs on {strategy} "
@@ -295,7 +295,7 @@ def measure(model, batch, strategies, training, key=None):
                 seconds=round(seconds, 2), measured=time.strftime("%Y-%m-%d %H:%M"))
 
 
-def measuring_batch(model, batch, strategies, training, key=None):
+def measuring_batch(model, batch, strategies, training):
     """The batch size to time the strategies on, or None when measuring would not pay. The workload's own
     batch when its step is estimated to take at most STEP_BUDGET, else the largest multiple of the
     thread count that fits (MIN_IMAGES_PER_THREAD a thread at least: the smallest slice).
@@ -304,21 +304,17 @@ def measuring_batch(model, batch, strategies, training, key=None):
     only when that many steps of the smallest slice would cost more than RUN_SHARE of the run, which
     is STEPS_TO_MEASURE * smallest > RUN_SHARE * images: the image counts decide, so no timing can
     make a long run skip. Otherwise the slice is also kept within RUN_SHARE of the run. The estimates
-    scale a probe, the best of PROBE_REPEATS steps of one image a thread (products on BLAS's
-    threads) after a warm-up, cached under the workload's ``key``."""
+    scale a probe taken afresh each time (never cached: a probe taken on a busy machine must not
+    decide later runs): the best of PROBE_REPEATS steps of one image a thread (products on BLAS's
+    threads) after a warm-up, a few percent of what measuring then costs."""
     threads = parallel.num_threads()
     smallest, step_budget = min(batch, threads * MIN_IMAGES_PER_THREAD), STEP_BUDGET
     run = _planned.get()
-    if run is not None:
-        if STEPS_TO_MEASURE * smallest > RUN_SHARE * run:
-            return None
-    per_image = machine_entry().get("probes", {}).get(key)
-    if per_image is None:
-        probe = min(batch, threads)
-        with forced(next((strategy for strategy in ("blas", "split") if strategy in strategies), strategies[-1])):   # no shards to make
-            per_image = best_time(_timed_step(model, probe, training), PROBE_REPEATS) / probe
-        if key is not None:
-            _update_cache(lambda entry: entry.setdefault("probes", {}).update({key: per_image}))
+    if run is not None and STEPS_TO_MEASURE * smallest > RUN_SHARE * run:
+        return None
+    probe = min(batch, threads)
+    with forced(next((strategy for strategy in ("blas", "split") if strategy in strategies), strategies[-1])):   # no shards to make
+        per_image = best_time(_timed_step(model, probe, training), PROBE_REPEATS) / probe
     if run is not None:
         step_budget = max(min(step_budget, RUN_SHARE * per_image * run / STEPS_TO_MEASURE), per_image * smallest)
     if per_image * batch <= step_budget:
@@ -353,10 +349,7 @@ def observe_step(model, batch, seconds):
          f"workload ({entry['strategy']}, {expected * 1e3:.2f} ms an image) says otherwise: it was taken on a "
          "busy or different machine; measuring again, once")
 
-    def drop(cache_entry):
-        cache_entry.get("workloads", {}).pop(key, None)
-        cache_entry.get("probes", {}).pop(key, None)
-    _update_cache(drop)
+    _update_cache(lambda cache_entry: cache_entry.get("workloads", {}).pop(key, None))
     del _decisions[key]
 
 
@@ -430,7 +423,7 @@ def _untouched(model, training):
 
 
 def summary():
-    """This machine's measured sizes, choices and probes, as printable lines (``python -m
+    """This machine's measured sizes and choices, as printable lines (``python -m
     numpyvit.engine --show``, demos/benchmark.py)."""
     entry = machine_entry()
     lines = [f"cache: {cache_path()}", f"machine: {json.dumps(machine())}",
@@ -443,8 +436,6 @@ def summary():
             lines.append(f"  {_describe(key)}: {choice['strategy']}  (ms a step of {choice.get('images', '?')} "
                          f"images: {timed}; measured {choice.get('measured', 'at an unknown time')} in "
                          f"{choice.get('seconds', '?')} s)")
-    for key, seconds in entry.get("probes", {}).items():
-        lines.append(f"  probe of {_describe(key)}: {seconds * 1e3:.2f} ms an image")
     return lines
 
 
