@@ -23,7 +23,6 @@ numpyvit measuring the machine or torch.compile, is left out), plus numpyvit's w
 less the shared memory they map (counted once, in the main process); on a GPU, the memory pool's
 peak.
 """
-import argparse
 import json
 import os
 import platform
@@ -38,6 +37,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchmark_setup import CONFIGS, add_config_arguments, build, matmul_flops, synchronizer  # noqa: E402
 import numpyvit  # noqa: E402
+from numpyvit import cli  # noqa: E402
 from numpyvit import parallel  # noqa: E402
 from numpyvit.engine import tuning  # noqa: E402
 from numpyvit.backend import get_xp  # noqa: E402
@@ -167,27 +167,30 @@ def print_table(rows):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.ArgumentParser(description=__doc__)
     add_config_arguments(parser)
-    parser.add_argument("--batch", type=int, help="override every config's batch size")
-    parser.add_argument("--repeats", type=int, default=9, help="timed steps per contestant, in all")
-    parser.add_argument("--block", type=int, default=3, help="timed steps per turn")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps at the start of each turn")
-    parser.add_argument("--settle", type=float, default=0.3, help="idle seconds before each turn")
-    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="PyTorch's threads")
+    parser.add_argument("--batch", type=cli.positive_int, help="override every config's batch size")
+    parser.add_argument("--repeats", type=cli.positive_int, default=9, help="timed steps per contestant, in all")
+    parser.add_argument("--block", type=cli.positive_int, default=3, help="timed steps per turn")
+    parser.add_argument("--warmup", type=cli.nonnegative_int, default=2, help="untimed steps at the start of each turn")
+    parser.add_argument("--settle", type=cli.nonnegative_float, default=0.3, help="idle seconds before each turn")
+    parser.add_argument("--threads", type=cli.positive_int, default=os.cpu_count(), help="PyTorch's threads")
     parser.add_argument("--no-torch", action="store_true", help="time numpyvit alone")
     parser.add_argument("--no-compile", dest="compile", action="store_false",
                         help="skip the torch.compile column (compiling takes a minute or more per config)")
     parser.add_argument("--json", help="also write the results to this file")
-    args = parser.parse_args(argv)
+    return cli.run(benchmark, parser.parse_args(argv))
+
+
+def benchmark(args):
     torch_version = None if args.no_torch else torch_available()
     print(environment(args.backend, torch_version, args.threads))
     ceiling = matmul_ceiling(args.backend)
     print(f"float32 matmul ceiling (2048^3 GEMM): {ceiling:.0f} GFLOP/s\n")
     rows = []
     with tempfile.TemporaryDirectory(prefix="numpyvit-benchmark-") as workdir:
-        for key in args.configs.split(","):
-            rows.append(run_config(key.strip(), args, ceiling, torch_version is not None, workdir))
+        for key in args.configs:
+            rows.append(run_config(key, args, ceiling, torch_version is not None, workdir))
             print(f"  measured config {key} ({rows[-1]['numpyvit_img_s']:.1f} img/s)", file=sys.stderr, flush=True)
     print_table(rows)
     if args.backend == "numpy":
@@ -196,7 +199,8 @@ def main(argv=None):
         print("\n".join("  " + line for line in tuning.summary()))
     if args.json:
         Path(args.json).write_text(json.dumps(dict(ceiling_gflops=ceiling, rows=rows), indent=1))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -11,7 +11,6 @@ all-reduce, which sends and receives 2 (N - 1) / N times the gradient bytes per 
 
     step(N) ~ compute(B / N) + 2 (N - 1) / N * bytes / bandwidth + latency
 """
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpyvit  # noqa: E402
-from numpyvit import distributed  # noqa: E402
+from numpyvit import cli, distributed  # noqa: E402
 
 CONFIGS = {"a": ("mnist_tiny", 128), "b": ("mnist_small", 128), "c": ("mnist_large", 32)}
 
@@ -35,13 +34,16 @@ def timed(fn, repeats):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(description=__doc__)
     p.add_argument("--config", default="c", choices=sorted(CONFIGS))
-    p.add_argument("--batch", type=int, help="global batch (default: the config's)")
-    p.add_argument("--repeats", type=int, default=8)
-    p.add_argument("--bandwidth", type=float, default=10.0, help="network Gbit/s for the estimate (default 10)")
-    p.add_argument("--latency-ms", type=float, default=0.05, help="per all-reduce (default 0.05 ms)")
-    args = p.parse_args(argv)
+    p.add_argument("--batch", type=cli.positive_int, help="global batch (default: the config's)")
+    p.add_argument("--repeats", type=cli.positive_int, default=8)
+    p.add_argument("--bandwidth", type=cli.positive_float, default=10.0, help="network Gbit/s for the estimate (default 10)")
+    p.add_argument("--latency-ms", type=cli.positive_float, default=0.05, help="per all-reduce (default 0.05 ms)")
+    return cli.run(estimate, p.parse_args(argv))
+
+
+def estimate(args):
     world = distributed.world()
     preset, batch = CONFIGS[args.config][0], args.batch or CONFIGS[args.config][1]
     model = numpyvit.create_model(preset)

@@ -8,6 +8,8 @@ architecture, identical weights and the same batch (drawn from one seed).
 import sys
 from pathlib import Path
 
+import argparse
+
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -24,9 +26,19 @@ CONFIGS = {  # name: (description, preset, batch, training?)
 
 def add_config_arguments(parser, default="a,b,c,d"):
     """--configs and --backend, as every benchmark program takes them."""
-    parser.add_argument("--configs", default=default, help="comma-separated keys of " + ", ".join(
-        f"{k} ({v[0]})" for k, v in CONFIGS.items()))
+    parser.add_argument("--configs", type=config_keys, default=config_keys(default), help="comma-separated keys of "
+                        + ", ".join(f"{k} ({v[0]})" for k, v in CONFIGS.items()))
     parser.add_argument("--backend", default="numpy", choices=["numpy", "cupy"])
+
+
+def config_keys(text):
+    """'a,c' -> ['a', 'c'], each a key of CONFIGS (an argparse type: a bad key is one line, status 2)."""
+    keys = [key.strip() for key in text.split(",")]
+    unknown = [key for key in keys if key not in CONFIGS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown config {', '.join(map(repr, unknown))}; the configs are "
+                                         + ", ".join(CONFIGS))
+    return keys
 
 
 def make_batch(config, batch):

@@ -14,7 +14,6 @@ Contestants: ``numpyvit``; ``torch-sdpa`` and ``torch-math`` (PyTorch eager, att
 ``F.scaled_dot_product_attention`` or written out: demos/torch_reference.py); ``torch-compile``
 (the faster eager form through ``torch.compile``; its compile time is reported, not timed).
 """
-import argparse
 import json
 import sys
 import time
@@ -24,6 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchmark_setup import CONFIGS, build, make_batch, numpyvit_step, synchronizer, torch_step  # noqa: E402
+from numpyvit import cli  # noqa: E402
 
 CONTESTANTS = ("numpyvit", "torch-sdpa", "torch-math", "torch-compile")
 
@@ -107,16 +107,16 @@ def torch_contestant(args):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.ArgumentParser(description=__doc__)
     parser.add_argument("contestant", choices=CONTESTANTS)
     parser.add_argument("--config", required=True, choices=list(CONFIGS))
     parser.add_argument("--backend", default="numpy", choices=["numpy", "cupy"])
-    parser.add_argument("--batch", type=int, help="the config's batch size unless given")
+    parser.add_argument("--batch", type=cli.positive_int, help="the config's batch size unless given")
     parser.add_argument("--weights", help="PyTorch: the numpyvit model's state_dict as .npz")
     parser.add_argument("--attention", default="math", choices=["sdpa", "math"], help="torch-compile's form")
-    parser.add_argument("--threads", type=int, default=2, help="PyTorch's threads")
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--threads", type=cli.positive_int, default=2, help="PyTorch's threads")
+    parser.add_argument("--warmup", type=cli.nonnegative_int, default=2)
+    parser.add_argument("--steps", type=cli.positive_int, default=3)
     parser.add_argument("--logits", action="store_true", help="also report the logits of the first 4 images")
     args = parser.parse_args(argv)
     if args.contestant.startswith("torch"):

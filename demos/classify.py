@@ -9,42 +9,41 @@ it), an original JAX .npz, or a numpyvit checkpoint / run folder. --model: the a
 prepares it for these weights (numpyvit.data.images: resize, center crop, the weights' mean and
 std). Class names: the checkpoint's, else ImageNet's for 1,000 classes, else numbers.
 """
-import argparse
 import sys
 
 import numpy as np
 
 import numpyvit
+from numpyvit import cli
 from numpyvit.data import prepare_photos
 from numpyvit.weights.pretrained import class_names
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(description=__doc__)
     p.add_argument("images", nargs="+", metavar="IMAGE", help="photos (PNG, JPG, ...)")
     p.add_argument("--weights", required=True, help="weights file or numpyvit run folder")
     p.add_argument("--model", help="preset name (default: from the file)")
-    p.add_argument("--img-size", type=int, help="input size (position embeddings are resampled)")
-    p.add_argument("--top", type=int, default=5, help="classes shown per image (default 5)")
+    p.add_argument("--img-size", type=cli.positive_int, help="input size (position embeddings are resampled)")
+    p.add_argument("--top", type=cli.positive_int, default=5, help="classes shown per image (default 5)")
     p.add_argument("--backend", choices=["numpy", "cupy"], help="default: $NUMPYVIT_BACKEND, else numpy")
     return p.parse_args(argv)
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    overrides = {"img_size": args.img_size} if args.img_size else {}
-    try:
-        model = numpyvit.create_model(args.model, weights=args.weights, backend=args.backend, **overrides)
-    except (ValueError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    return cli.run(classify, parse_args(argv))
+
+
+def classify(args):
+    overrides = {} if args.img_size is None else {"img_size": args.img_size}
+    model = numpyvit.create_model(args.model, weights=args.weights, backend=args.backend, **overrides)
     names, status = class_names(model), 0
     for path in args.images:
         try:
             x, _ = prepare_photos([path], model)                    # (1, C, H, W)
         except (ValueError, OSError) as err:
-            print(f"error: {err}", file=sys.stderr)
-            status = 1
+            print(f"error: {cli.one_line(err)}", file=sys.stderr)
+            status = cli.USAGE_ERROR
             continue
         with model.inference():
             logits = numpyvit.to_numpy(model(x))[0].astype(np.float64)

@@ -12,18 +12,19 @@ import sys
 import numpy as np
 
 import numpyvit.data
+from numpyvit import cli
 from numpyvit.io import load_model_and_meta
 from numpyvit.train import TrainConfig, evaluate
 from numpyvit.viz import confusion_matrix
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(description=__doc__)
     p.add_argument("--checkpoint", default="runs/mnist", help="a run folder or a .npz file (default: runs/mnist)")
     p.add_argument("--dataset", choices=["mnist", "fashion-mnist"], help="default: the one it was trained on")
     p.add_argument("--data-dir", help="folder with the IDX .gz files (default: $NUMPYVIT_DATA, then the cache)")
     p.add_argument("--backend", choices=["numpy", "cupy"], help="default: $NUMPYVIT_BACKEND, else numpy")
-    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--batch-size", type=cli.positive_int, default=500)
     p.add_argument("--tta", action=argparse.BooleanOptionalAction,
                    help="also with test-time augmentation: the views the run's training augmentation makes "
                         "(default: if the run used it)")
@@ -45,27 +46,26 @@ def format_confusion(matrix, classes):
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    try:
-        model, meta = load_model_and_meta(args.checkpoint, args.backend)
-        name = args.dataset or meta.get("dataset")
-        if name is None:
-            raise ValueError(f"{args.checkpoint} does not say which dataset it was trained on: pass --dataset")
-        dataset = numpyvit.data.load_dataset(name, args.data_dir)
-        result = evaluate(model, dataset.test_images, dataset.test_labels, mean=dataset.mean, std=dataset.std,
-                          batch_size=args.batch_size)
-        train, tta = meta.get("train"), None
-        use_tta = args.tta if args.tta is not None else isinstance(train, dict) and train.get("tta") is True
-        if use_tta:
-            if not isinstance(train, dict):
-                raise ValueError(f"{args.checkpoint} holds no training settings, so the views of --tta "
-                                 "(those of its training augmentation) are unknown")
-            views = TrainConfig.from_dict(train).tta_views()
-            tta = evaluate(model, dataset.test_images, dataset.test_labels, mean=dataset.mean, std=dataset.std,
-                           batch_size=args.batch_size, views=views)
-    except (ValueError, OSError) as err:                       # CheckpointError is a ValueError
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    return cli.run(evaluate_checkpoint, parse_args(argv))
+
+
+def evaluate_checkpoint(args):
+    model, meta = load_model_and_meta(args.checkpoint, args.backend)
+    name = args.dataset or meta.get("dataset")
+    if name is None:
+        raise ValueError(f"{args.checkpoint} does not say which dataset it was trained on: pass --dataset")
+    dataset = numpyvit.data.load_dataset(name, args.data_dir)
+    result = evaluate(model, dataset.test_images, dataset.test_labels, mean=dataset.mean, std=dataset.std,
+                      batch_size=args.batch_size)
+    train, tta = meta.get("train"), None
+    use_tta = args.tta if args.tta is not None else isinstance(train, dict) and train.get("tta") is True
+    if use_tta:
+        if not isinstance(train, dict):
+            raise ValueError(f"{args.checkpoint} holds no training settings, so the views of --tta "
+                             "(those of its training augmentation) are unknown")
+        views = TrainConfig.from_dict(train).tta_views()
+        tta = evaluate(model, dataset.test_images, dataset.test_labels, mean=dataset.mean, std=dataset.std,
+                       batch_size=args.batch_size, views=views)
     n = len(dataset.test_labels)
     epoch = f", epoch {meta['epoch']}" if "epoch" in meta else ""
     print(f"{args.checkpoint}{epoch} on the {name} test set ({n} images)")

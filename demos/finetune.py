@@ -14,7 +14,6 @@ head alone (the backbone's weight gradients are not even computed). --from-scrat
 architecture from random weights, for comparison. Training is numpyvit.train.fit: checkpoints,
 history.json, curves.png in --out, exact --resume, Ctrl-C stops cleanly (exit 130).
 """
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -22,11 +21,13 @@ from pathlib import Path
 import numpyvit
 import numpyvit.data
 import numpyvit.distributed
-from numpyvit import VisionTransformer
+from numpyvit import VisionTransformer, cli
+from numpyvit.data import check_normalization
 from numpyvit.errors import InputError
+from numpyvit.files import read_regular_file
 from numpyvit.io import load_arrays
 from numpyvit.presets import check_config
-from numpyvit.train import TrainConfig, TrainingError, TrainingInterrupted, fit, refuse_to_overwrite
+from numpyvit.train import TrainConfig, fit, refuse_to_overwrite
 from numpyvit.train.config import CLOTHES
 from numpyvit.train.progress import format_duration
 from numpyvit.weights.pretrained import new_head
@@ -35,22 +36,22 @@ SETTINGS = "finetune.json"             # in --out: what --resume needs besides t
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(description=__doc__)
     p.add_argument("--weights", help="weights file or numpyvit run folder (not with --resume)")
     p.add_argument("--model", help="preset name (default: from the weights file)")
     p.add_argument("--data", help="image folder, or mnist / fashion-mnist")
     p.add_argument("--data-dir", help="where the MNIST files are (default: $NUMPYVIT_DATA, then the cache)")
-    p.add_argument("--img-size", type=int, help="input size (default: the weights')")
+    p.add_argument("--img-size", type=cli.positive_int, help="input size (default: the weights')")
     p.add_argument("--freeze-backbone", action="store_true", help="train the head alone")
     p.add_argument("--keep-head", action="store_true", help="keep the weights' head if the class counts agree")
     p.add_argument("--from-scratch", action="store_true", help="random weights instead (a baseline)")
-    p.add_argument("--out", default="runs/finetune", help="output folder (default: runs/finetune)")
+    p.add_argument("--out", type=cli.folder, default="runs/finetune", help="output folder (default: runs/finetune)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, help="peak learning rate (default 5e-4; 2e-3 with --freeze-backbone)")
+    p.add_argument("--epochs", type=cli.positive_int, default=3)
+    p.add_argument("--batch-size", type=cli.positive_int, default=64)
+    p.add_argument("--lr", type=cli.positive_float, help="peak learning rate (default 5e-4; 2e-3 with --freeze-backbone)")
     p.add_argument("--no-augment", dest="augment", action="store_false")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=cli.nonnegative_int, default=0)
     p.add_argument("--backend", choices=["numpy", "cupy"], help="default: $NUMPYVIT_BACKEND, else numpy")
     return p.parse_args(argv)
 
@@ -77,7 +78,7 @@ def build(args):
     """(model, dataset, TrainConfig) for a new run."""
     if not args.weights or not args.data:
         raise ValueError("a new run needs --weights and --data (or --resume)")
-    overrides = {"img_size": args.img_size} if args.img_size else {}
+    overrides = {} if args.img_size is None else {"img_size": args.img_size}
     pretrained = numpyvit.create_model(args.model, weights=args.weights, backend=args.backend, **overrides)
     cfg = pretrained.pretrained_cfg
     size, channels = pretrained.patch_embed.img_size, pretrained.patch_embed.in_chans
@@ -94,7 +95,7 @@ def build(args):
             head = new_head(model)
             model.head.weight.data[...] = model.xp.asarray(head.weight.data)
             model.head.bias.data[...] = model.xp.asarray(head.bias.data)
-    lr = args.lr or (2e-3 if args.freeze_backbone else 5e-4)
+    lr = args.lr if args.lr is not None else 2e-3 if args.freeze_backbone else 5e-4
     train = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=lr, warmup_epochs=min(1.0, args.epochs / 4),
                         augment=args.augment, seed=args.seed, eval_batch_size=max(args.batch_size, 100),
                         **augmentation(args.data, size))
@@ -105,7 +106,7 @@ def resume(args):
     """(model, dataset, TrainConfig) of the run saved in --out."""
     settings = Path(args.out) / SETTINGS
     try:
-        saved = json.loads(settings.read_text())
+        saved = json.loads(read_regular_file(settings, 2**20, "the fine-tuning settings"))
         if not isinstance(saved, dict) or not {"data", "data_dir", "freeze"} <= set(saved):
             raise ValueError("it lacks data, data_dir or freeze")
     except (OSError, ValueError) as err:
@@ -117,10 +118,9 @@ def resume(args):
     check_config(meta["config"], f"{args.out}: the checkpoint's config")
     model = VisionTransformer(**dict(meta["config"], backend=args.backend or meta["config"].get("backend")))
     args.data, args.data_dir, args.freeze_backbone = saved["data"], args.data_dir or saved["data_dir"], saved["freeze"]
-    data_meta = meta["data"]
-    if "mean" not in data_meta or "std" not in data_meta:
-        raise InputError(f"{args.out}: the checkpoint lacks the images' mean and std")
-    ds = load_data(args, model.patch_embed.img_size, model.patch_embed.in_chans, data_meta["mean"], data_meta["std"])
+    mean, std = check_normalization(meta["data"].get("mean"), meta["data"].get("std"),
+                                    f"{args.out}: the checkpoint's image normalization")
+    ds = load_data(args, model.patch_embed.img_size, model.patch_embed.in_chans, mean, std)
     train = TrainConfig.from_dict(dict(meta["train"], epochs=args.epochs))
     return model, ds, train
 
@@ -132,34 +132,30 @@ def freeze_backbone(model):
 
 
 def main(argv=None):
-    args = parse_args(argv)
+    return cli.run(finetune, parse_args(argv))
+
+
+def finetune(args):
     out = Path(args.out)
     root = numpyvit.distributed.world().is_root                     # under mpiexec: rank 0 speaks and writes
     say = print if root else (lambda *a, **k: None)
-    try:
-        if not args.resume:
-            refuse_to_overwrite(out)                                 # before anything is read or written
-        model, ds, train = resume(args) if args.resume else build(args)
-        if args.freeze_backbone:
-            freeze_backbone(model)
-        if not args.resume and root:
-            out.mkdir(parents=True, exist_ok=True)
-            (out / SETTINGS).write_text(json.dumps(dict(weights=str(args.weights), data=args.data, data_dir=args.data_dir,
-                                                        freeze=args.freeze_backbone, from_scratch=args.from_scratch)))
-        trainable = sum(p.data.size for p in model.parameters() if p.requires_grad)
-        say(f"{ds.name}: {len(ds.train_labels)} training / {len(ds.test_labels)} test images, "
-              f"{len(ds.classes)} classes; {trainable:,} of {model.num_parameters():,} parameters trained"
-              + (" (from scratch)" if args.from_scratch else f" (from {args.weights})" if not args.resume else ""))
-        history = fit(model, ds, train, out, resume=args.resume)
-    except TrainingInterrupted as stop:
-        print(stop, file=sys.stderr)
-        return 130
-    except (TrainingError, ValueError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    if not args.resume:
+        refuse_to_overwrite(out)                                     # before anything is read or written
+    model, ds, train = resume(args) if args.resume else build(args)
+    if args.freeze_backbone:
+        freeze_backbone(model)
+    if not args.resume and root:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / SETTINGS).write_text(json.dumps(dict(weights=str(args.weights), data=args.data, data_dir=args.data_dir,
+                                                    freeze=args.freeze_backbone, from_scratch=args.from_scratch)))
+    trainable = sum(p.data.size for p in model.parameters() if p.requires_grad)
+    say(f"{ds.name}: {len(ds.train_labels)} training / {len(ds.test_labels)} test images, "
+        f"{len(ds.classes)} classes; {trainable:,} of {model.num_parameters():,} parameters trained"
+        + (" (from scratch)" if args.from_scratch else f" (from {args.weights})" if not args.resume else ""))
+    history = fit(model, ds, train, out, resume=args.resume)
     last = history["epochs"][-1]
     say(f"test accuracy {100 * last['test_acc']:.2f}% after {last['epoch']} epochs, "
-          f"{format_duration(last['time'])} of training; checkpoint in {out}")
+        f"{format_duration(last['time'])} of training; checkpoint in {out}")
     return 0
 
 

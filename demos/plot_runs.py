@@ -8,45 +8,37 @@ colour; a final accuracy with test-time augmentation is a star. It prints each r
 accuracy, images seen and minutes, and their mean and range.
 Run from the repository root with PYTHONPATH=. (or after `pip install -e .`).
 """
-import argparse
-import json
 import sys
-from pathlib import Path
 
-from numpyvit import viz
-from numpyvit.train import HISTORY_NAME
+from numpyvit import cli, viz
+from numpyvit.errors import InputError
+from numpyvit.train import read_history
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(description=__doc__)
     p.add_argument("runs", nargs="+", help="run folders (each holding history.json) or history.json files")
-    p.add_argument("--out", default="time_to_accuracy.png", help="the PNG to write")
-    p.add_argument("--target", type=float, help="draw this test accuracy (%%) as a dashed line")
+    p.add_argument("--out", type=cli.png_file, default="time_to_accuracy.png", help="the PNG file to write")
+    p.add_argument("--target", type=cli.positive_float, help="draw this test accuracy (%%) as a dashed line")
     return p.parse_args(argv)
 
 
 def read_run(path):
-    """(label, history) of a run folder or a history.json file."""
-    path = Path(path)
-    file = path / HISTORY_NAME if path.is_dir() else path
-    try:
-        history = json.loads(file.read_text())
-        config = history["config"]
-        return f"{config['dataset']} seed {config['train']['seed']}", history
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise ValueError(f"{file} is not a readable numpyvit history.json ({err!r})") from err
+    """(label, history) of a run folder or a history.json file (checked: numpyvit.train.read_history)."""
+    history = read_history(path, need_images=True)
+    config = history["config"]
+    return f"{config['dataset']} seed {config['train']['seed']}", history
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    try:
-        runs = dict(read_run(path) for path in args.runs)
-        if len(runs) < len(args.runs):
-            raise ValueError("two runs have the same dataset and seed: their lines would share a label")
-        path = viz.plot_time_to_accuracy(runs, args.out, args.target)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    return cli.run(plot, parse_args(argv))
+
+
+def plot(args):
+    runs = dict(read_run(path) for path in args.runs)
+    if len(runs) < len(args.runs):
+        raise InputError("two runs have the same dataset and seed: their lines would share a label")
+    path = viz.plot_time_to_accuracy(runs, args.out, args.target)
     finals, with_tta = [], []
     for label, history in runs.items():
         last = history["epochs"][-1]
@@ -54,7 +46,8 @@ def main(argv=None):
         tta = last.get("test_acc_tta")
         with_tta += [] if tta is None else [100 * tta]
         print(f"{label}: {finals[-1]:.2f}%"
-              + ("" if tta is None else f" ({100 * tta:.2f}% with test-time augmentation)") + f" after {last['images']:,} images, {last['time'] / 60:.1f} min of training")
+              + ("" if tta is None else f" ({100 * tta:.2f}% with test-time augmentation)")
+              + f" after {last['images']:,} images, {last['time'] / 60:.1f} min of training")
     print(summary("", finals))
     if with_tta:
         print(summary(f"with test-time augmentation ({len(with_tta)} of {len(finals)} runs): ", with_tta))

@@ -8,18 +8,17 @@ inverted to MNIST's light-on-black (judged by the border pixels); then it is nor
 the training set's mean and std. PNG and JPEG files are read by matplotlib.
 Run from the repository root with PYTHONPATH=. (or after `pip install -e .`).
 """
-import argparse
 import sys
 
 import numpy as np
 
-from numpyvit import viz
+from numpyvit import cli, viz
 from numpyvit.data import normalize
 from numpyvit.io import load_model_and_meta
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(description=__doc__)
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--checkpoint", required=True, help="a run folder or a .npz file")
     p.add_argument("--backend", choices=["numpy", "cupy"], help="default: $NUMPYVIT_BACKEND, else numpy")
@@ -27,13 +26,12 @@ def parse_args(argv):
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    try:
-        model, meta = load_model_and_meta(args.checkpoint, args.backend)
-        read_image = viz.read_image                                 # needs matplotlib
-    except (ValueError, OSError, ImportError) as err:              # CheckpointError is a ValueError
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    return cli.run(predict, parse_args(argv))
+
+
+def predict(args):
+    model, meta = load_model_and_meta(args.checkpoint, args.backend)  # its mean and std checked there
+    read_image = viz.read_image                                       # needs matplotlib
     data = meta.get("data", {})
     mean, std = data.get("mean", 0.0), data.get("std", 1.0)
     classes = data.get("classes") or [str(k) for k in range(model.num_classes)]
@@ -42,7 +40,7 @@ def main(argv=None):
         try:
             read.append((path, *read_image(path, model.patch_embed.img_size)))
         except (ValueError, OSError) as err:                       # unreadable, missing, not an image
-            print(f"error: {err}", file=sys.stderr)
+            print(f"error: {cli.one_line(err)}", file=sys.stderr)
             failed += 1
     if read:
         x = normalize(np.stack([image for _, image, _ in read]), mean, std)          # (B, 1, H, W)
@@ -50,7 +48,7 @@ def main(argv=None):
         for (path, _, inverted), p in zip(read, probs):
             k = int(p.argmax())
             print(f"{path}: {classes[k]}  (probability {p[k]:.3f})" + ("  [inverted: dark on light]" * inverted))
-    return 1 if failed else 0
+    return cli.USAGE_ERROR if failed else 0
 
 
 if __name__ == "__main__":

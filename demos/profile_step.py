@@ -7,14 +7,13 @@ Each layer's own time is measured (a Block's excludes its LayerNorms, attention 
 CPU this is one shard's work, batch / threads images on one thread with single-threaded BLAS:
 what each core does when numpyvit shards the batch over the cores.
 """
-import argparse
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchmark_setup import CONFIGS, add_config_arguments, build, numpyvit_step, synchronizer  # noqa: E402
-from numpyvit import parallel  # noqa: E402
+from numpyvit import cli, parallel  # noqa: E402
 from numpyvit.engine import tuning  # noqa: E402
 
 
@@ -72,20 +71,23 @@ def profile(key, backend="numpy", batch=None, steps=5):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.ArgumentParser(description=__doc__)
     add_config_arguments(parser)
-    parser.add_argument("--batch", type=int, help="override every config's batch size (before sharding)")
-    parser.add_argument("--steps", type=int, default=5)
-    args = parser.parse_args(argv)
-    for key in args.configs.split(","):
-        key = key.strip()
+    parser.add_argument("--batch", type=cli.positive_int, help="override every config's batch size (before sharding)")
+    parser.add_argument("--steps", type=cli.positive_int, default=5)
+    return cli.run(profile_configs, parser.parse_args(argv))
+
+
+def profile_configs(args):
+    for key in args.configs:
         own, shard = profile(key, args.backend, args.batch, args.steps)
         total = sum(own.values())
         print(f"\nwhere one core's time goes, config {key} ({CONFIGS[key][0]}), a shard of {shard} images on one "
               f"thread, {total * 1e3:.0f} ms/step:")
         for kind, seconds in sorted(own.items(), key=lambda item: -item[1]):
             print(f"  {kind:<28}{seconds * 1e3:>8.1f} ms {seconds / total:>6.0%}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

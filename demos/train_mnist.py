@@ -9,7 +9,8 @@
 
 Run from the repository root with PYTHONPATH=. (or after `pip install -e .`). Writes
 checkpoint.npz, history.json and curves.png into --out (default runs/<dataset>). Exit codes:
-0 done, 1 error, 130 stopped by Ctrl-C (resumable).
+0 done, 2 refused (a bad flag, file or setting: one line says which), 1 the run failed (its loss
+went NaN), 130 stopped by Ctrl-C (resumable).
 """
 import argparse
 import json
@@ -18,11 +19,10 @@ from pathlib import Path
 
 import numpyvit.data
 import numpyvit.distributed
-from numpyvit import PRESETS, VisionTransformer, create_model
+from numpyvit import PRESETS, VisionTransformer, cli, create_model
 from numpyvit.backend import backend_name
 from numpyvit.io import CHECKPOINT_NAME, load_arrays
-from numpyvit.train import (CURVES_NAME, HISTORY_NAME, RECIPES, NonFiniteLossError, TrainConfig, TrainingError,
-                            TrainingInterrupted, fit, recipe)
+from numpyvit.train import CURVES_NAME, HISTORY_NAME, RECIPES, TrainConfig, fit, recipe
 from numpyvit.train.progress import format_duration, with_tta
 
 # flag -> VisionTransformer keyword
@@ -35,38 +35,40 @@ TRAIN_FLAGS = ("epochs", "batch_size", "lr", "weight_decay", "label_smoothing", 
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(description=__doc__)
     p.add_argument("--recipe", choices=sorted(RECIPES), help="model preset + training settings (default: default)")
     p.add_argument("--backend", choices=["numpy", "cupy"],
                    help="default: the recipe's, else $NUMPYVIT_BACKEND, else numpy")
     p.add_argument("--dataset", choices=["mnist", "fashion-mnist"], help="default: mnist")
     p.add_argument("--data-dir", help="folder with the IDX .gz files (default: $NUMPYVIT_DATA, then the cache)")
-    p.add_argument("--out", help="output folder (default: runs/<dataset>)")
+    p.add_argument("--out", type=cli.folder, help="output folder (default: runs/<dataset>)")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     model = p.add_argument_group("model (override the recipe's preset)")
     model.add_argument("--preset", help=f"one of {', '.join(sorted(PRESETS))}")
-    model.add_argument("--patch-size", type=int)
-    model.add_argument("--embed-dim", type=int)
-    model.add_argument("--depth", type=int)
-    model.add_argument("--num-heads", type=int)
-    model.add_argument("--mlp-ratio", type=float)
-    model.add_argument("--drop-path", type=float, help="stochastic depth rate of the last block")
+    model.add_argument("--patch-size", type=cli.positive_int)
+    model.add_argument("--embed-dim", type=cli.positive_int)
+    model.add_argument("--depth", type=cli.positive_int)
+    model.add_argument("--num-heads", type=cli.positive_int)
+    model.add_argument("--mlp-ratio", type=cli.positive_float)
+    model.add_argument("--drop-path", type=cli.fraction, help="stochastic depth rate of the last block")
     model.add_argument("--act", choices=["gelu", "gelu_tanh", "relu"])
     model.add_argument("--pos-embed", choices=["learned", "learned_2d", "sincos"])
     model.add_argument("--pool", choices=["token", "avg"])
     train = p.add_argument_group("training (override the recipe)")
-    train.add_argument("--epochs", type=int)
-    train.add_argument("--batch-size", type=int)
-    train.add_argument("--lr", type=float, help="peak learning rate")
-    train.add_argument("--weight-decay", type=float)
-    train.add_argument("--label-smoothing", type=float)
+    train.add_argument("--epochs", type=cli.positive_int)
+    train.add_argument("--batch-size", type=cli.positive_int)
+    train.add_argument("--lr", type=cli.positive_float, help="peak learning rate")
+    train.add_argument("--weight-decay", type=cli.nonnegative_float)
+    train.add_argument("--label-smoothing", type=cli.fraction)
     train.add_argument("--no-augment", dest="augment", action="store_const", const=False)
-    train.add_argument("--erase", type=float, metavar="P", help="random erasing of this share of the images (0: none)")
+    train.add_argument("--erase", type=cli.probability, metavar="P",
+                       help="random erasing of this share of the images (0: none)")
     train.add_argument("--tta", action=argparse.BooleanOptionalAction,
                        help="evaluate the final model also with test-time augmentation (mean logits over the "
                             "mirrored and shifted views the training augmentation makes)")
-    train.add_argument("--seed", type=int, help="seeds the weights, data order, augmentation and dropout")
-    train.add_argument("--limit-train", type=int, metavar="N", help="train on the first N images (quick runs)")
+    train.add_argument("--seed", type=cli.nonnegative_int, help="seeds the weights, data order, augmentation and dropout")
+    train.add_argument("--limit-train", type=cli.positive_int, metavar="N",
+                       help="train on the first N images (quick runs)")
     return p.parse_args(argv)
 
 
@@ -101,36 +103,32 @@ def plan(args):
 
 
 def main(argv=None):
-    args = parse_args(argv)
+    return cli.run(train, parse_args(argv))
+
+
+def train(args):
     world = numpyvit.distributed.world()
     say = print if world.is_root else (lambda *a, **k: None)        # under mpiexec: rank 0 speaks
-    try:
-        preset, model_kw, config, dataset_name, out = plan(args)
-        dataset = numpyvit.data.load_dataset(dataset_name, args.data_dir)
-        if preset is None:
-            model = VisionTransformer(**model_kw)
-        else:                                               # the data decides the input and output sizes
-            H, W = dataset.train_images.shape[1:]
-            model = create_model(preset, **model_kw, img_size=H if H == W else (H, W), in_chans=1,
-                                 num_classes=len(dataset.classes))
-        n_train = min(len(dataset.train_labels), config.limit_train or len(dataset.train_labels))
-        say(f"{dataset_name}: {n_train} training / {len(dataset.test_labels)} test images; "
-              f"backend {model.config['backend']}; {model.num_parameters():,} parameters")
-        say("model:", json.dumps(model.config))
-        say("train:", json.dumps(config.to_dict()), flush=True)
-        history = fit(model, dataset, config, out, resume=args.resume)
-    except TrainingInterrupted as stop:
-        print(stop, file=sys.stderr)
-        return 130
-    except (NonFiniteLossError, TrainingError, ValueError, OSError) as err:  # CheckpointError is a ValueError
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    preset, model_kw, config, dataset_name, out = plan(args)
+    dataset = numpyvit.data.load_dataset(dataset_name, args.data_dir)
+    if preset is None:
+        model = VisionTransformer(**model_kw)
+    else:                                                   # the data decides the input and output sizes
+        H, W = dataset.train_images.shape[1:]
+        model = create_model(preset, **model_kw, img_size=H if H == W else (H, W), in_chans=1,
+                             num_classes=len(dataset.classes))
+    n_train = min(len(dataset.train_labels), config.limit_train or len(dataset.train_labels))
+    say(f"{dataset_name}: {n_train} training / {len(dataset.test_labels)} test images; "
+        f"backend {model.config['backend']}; {model.num_parameters():,} parameters")
+    say("model:", json.dumps(model.config))
+    say("train:", json.dumps(config.to_dict()), flush=True)
+    history = fit(model, dataset, config, out, resume=args.resume)
     last = history["epochs"][-1]
     curves = out / CURVES_NAME
     say(f"test accuracy {100 * last['test_acc']:.2f}%{with_tta(last)} after {last['epoch']} epochs, "
-          f"{format_duration(last['time'])} of training")
+        f"{format_duration(last['time'])} of training")
     say(f"checkpoint {out / CHECKPOINT_NAME}, history {out / HISTORY_NAME}"
-          + (f", curves {curves}" if curves.exists() else ""))
+        + (f", curves {curves}" if curves.exists() else ""))
     return 0
 
 

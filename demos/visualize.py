@@ -16,17 +16,18 @@ of every head, plus the position similarity and patch filters of the weights.
 The model runs on --backend (default: $NUMPYVIT_BACKEND, else numpy), whatever backend it was
 trained on.
 """
-import argparse
-import json
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 import numpyvit
-from numpyvit import data, viz
+from numpyvit import cli, data, viz
 from numpyvit.data import prepare_photos
-from numpyvit.io import CheckpointError, load_model_and_meta
+from numpyvit.errors import InputError
+from numpyvit.io import load_model_and_meta
+from numpyvit.train import HISTORY_NAME, read_history
 from numpyvit.weights.pretrained import class_names
 
 NUM_SHOWN = 4        # test images whose attention is drawn when no --image is given
@@ -36,7 +37,7 @@ NUM_PCA = 28         # filter components drawn, as in the ViT paper's Fig. 7
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.ArgumentParser(description=__doc__)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", help="run folder holding checkpoint.npz, or a .npz file")
     source.add_argument("--weights", help="pretrained weights, drawn over the --image photos")
@@ -46,13 +47,11 @@ def parse_args(argv=None):
     parser.add_argument("--data-dir", help="folder holding the dataset (default: $NUMPYVIT_DATA, the cache)")
     parser.add_argument("--dataset", choices=("mnist", "fashion-mnist"),
                         help="default: the checkpoint's dataset, else mnist")
-    parser.add_argument("--out", help="folder for the figures (default: <checkpoint folder>/figures)")
+    parser.add_argument("--out", type=cli.folder, help="folder for the figures (default: <checkpoint folder>/figures)")
     parser.add_argument("--backend", choices=["numpy", "cupy"], help="default: $NUMPYVIT_BACKEND, else numpy")
-    parser.add_argument("--num-test", type=int, default=None,
+    parser.add_argument("--num-test", type=cli.positive_int, default=None,
                         help="test images evaluated for the confusion matrix and mistakes (default: all)")
     args = parser.parse_args(argv)
-    if args.num_test is not None and args.num_test < 1:
-        parser.error(f"--num-test must be at least 1, got {args.num_test}")
     if args.weights and not args.image:
         parser.error("--weights draws over photos: give at least one --image")
     return args
@@ -65,7 +64,7 @@ def read_images(files, size, dataset_name):
         try:
             image, inverted = viz.read_image(file, size)
         except (OSError, ValueError) as err:
-            raise SystemExit(f"--image: {err}") from err
+            raise InputError(f"--image: {cli.one_line(err)}") from err
         if inverted:
             print(f"{file}: light background, inverted to light-on-dark like {dataset_name}")
         images.append(image)
@@ -127,7 +126,16 @@ def photo_figures(args):
 
 
 def main(argv=None):
-    args = parse_args(argv)
+    return cli.run(draw_and_report, parse_args(argv))
+
+
+def draw_and_report(args):
+    draw(args)                                                       # prints each figure's path
+    return 0
+
+
+def draw(args):
+    """The figures' paths, each written (a checkpoint's, or pretrained weights' over photos)."""
     start = time.perf_counter()
     if args.weights:
         paths = photo_figures(args)
@@ -141,7 +149,7 @@ def main(argv=None):
     ds = data.load_dataset(args.dataset or meta.get("dataset", "mnist"), data_dir=args.data_dir)
     size = model.patch_embed.img_size
     if model.patch_embed.in_chans != 1 or tuple(ds.test_images.shape[1:]) != size:
-        raise SystemExit(f"this model takes {model.patch_embed.in_chans}x{size[0]}x{size[1]} images, but "
+        raise InputError(f"this model takes {model.patch_embed.in_chans}x{size[0]}x{size[1]} images, but "
                          f"{ds.name} has 1x{ds.test_images.shape[1]}x{ds.test_images.shape[2]}")
 
     if args.image:
@@ -155,9 +163,9 @@ def main(argv=None):
     test_x = data.normalize(ds.test_images[:n], ds.mean, ds.std)         # (n, 1, H, W)
     paths += model_figures(model, test_x[:NUM_DISTANCE], out)
 
-    history_file = run_dir / "history.json"
+    history_file = run_dir / HISTORY_NAME
     if history_file.is_file():
-        paths.append(viz.plot_training_curves(json.loads(history_file.read_text()), out / "training_curves.png"))
+        paths.append(viz.plot_training_curves(read_history(history_file), out / "training_curves.png"))
     else:
         print(f"no {history_file}: skipping the training curves")
 
@@ -181,7 +189,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (CheckpointError, data.DatasetNotFoundError, ValueError, OSError) as err:  # WeightsError is a ValueError
-        raise SystemExit(f"error: {err}") from err
+    sys.exit(main())

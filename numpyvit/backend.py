@@ -5,10 +5,10 @@ This is the one place that knows about both. The choice is made by an argument
 ``NUMPYVIT_BACKEND``. Layer code never imports NumPy-or-CuPy itself: it asks
 ``array_module(x)`` for the module that owns its input, so the same lines run on both.
 """
-import os
 
 import numpy as np
 
+from . import environment
 from .errors import InputError
 
 BACKENDS = ("numpy", "cupy")
@@ -21,7 +21,7 @@ class BackendError(InputError):
 
 def backend_name(name=None):
     """The backend to use: ``name`` if given, else ``$NUMPYVIT_BACKEND``, else 'numpy'."""
-    chosen = name if name is not None else os.environ.get(ENV_VAR) or "numpy"
+    chosen = name if name is not None else environment.backend() or "numpy"
     chosen = str(chosen).strip().lower()
     if chosen not in BACKENDS:
         source = "backend argument" if name is not None else f"environment variable {ENV_VAR}"
@@ -86,7 +86,7 @@ def tune_allocator():
     with glibc only (elsewhere nothing happens); ``NUMPYVIT_MALLOC_TUNING=0`` turns it off.
     """
     global _allocator_tuned
-    if _allocator_tuned or os.environ.get("NUMPYVIT_MALLOC_TUNING", "1") == "0":
+    if _allocator_tuned or not environment.malloc_tuning():
         return
     _allocator_tuned = True
     try:

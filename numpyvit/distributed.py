@@ -33,7 +33,7 @@ import traceback
 
 import numpy as np
 
-from . import parallel
+from . import environment, parallel
 from .backend import array_module
 
 ABORT_DELAY = 0.5      # seconds between printing a failed rank's traceback and aborting the job
@@ -154,7 +154,7 @@ def _share_the_machine(world):
         os.environ["NUMPYVIT_THREADS"] = str(max(1, parallel.num_threads() // world.local_size))
     for library in parallel.blas_libraries():
         library.set_num_threads(parallel.num_threads())
-    if os.environ.get("NUMPYVIT_BACKEND") == "cupy":
+    if environment.backend() == "cupy":
         import cupy
 
         cupy.cuda.Device(world.local_rank % cupy.cuda.runtime.getDeviceCount()).use()

@@ -12,13 +12,13 @@ import stat
 import tempfile
 from pathlib import Path
 
+from . import environment
 from .errors import InputError
 
 
 def cache_dir():
     """The per-user cache folder: ``$XDG_CACHE_HOME/numpyvit``, else ``~/.cache/numpyvit``."""
-    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(root) / "numpyvit"
+    return environment.cache_dir()
 
 
 @contextlib.contextmanager

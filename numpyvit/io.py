@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .backend import backend_name, to_numpy
+from .data.loader import check_normalization
 from .errors import InputError
 from .files import atomic_file
 from .model import VisionTransformer
@@ -147,6 +148,9 @@ def load_model_and_meta(path, backend=None):
     arrays, meta = load_arrays(path)
     if "config" not in meta:
         raise CheckpointError(f"{path} has no model config in its metadata")
+    data = meta.get("data")
+    if isinstance(data, dict) and ("mean" in data or "std" in data):
+        check_normalization(data.get("mean"), data.get("std"), f"{path}: the images' normalization")
     try:
         model = VisionTransformer(**dict(meta["config"], backend=backend_name(backend)))
         model.load_state_dict(prefixed(arrays, "model"))

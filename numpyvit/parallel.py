@@ -23,13 +23,13 @@ of ``fn(slice(0, n))``. On CuPy (the GPU is already parallel) it is that call.
 The number of threads is the number of CPUs this process may use, or ``$NUMPYVIT_THREADS``.
 """
 import contextlib
-import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 import numpy as np
 
+from . import environment
 from .backend import array_module
 from .grad_mode import grad_enabled, set_grad_enabled
 
@@ -59,12 +59,9 @@ def configured(**changes):
         settings = saved
 
 
-# the CPUs this process may run on (a container or `taskset` may allow fewer than the machine has)
-_CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
 def num_threads():
-    return max(1, int(os.environ.get("NUMPYVIT_THREADS", _CPUS)))
+    """$NUMPYVIT_THREADS (checked by numpyvit.environment), else the cores this process may use."""
+    return environment.threads()
 
 
 def in_worker():

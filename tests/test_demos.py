@@ -72,8 +72,9 @@ def test_train_mnist_fashion_takes_the_clothes_recipe_and_flags_over_it(tmp_path
     assert synthetic == ["fashion-mnist"] and train["erase"] == 0.25 and train["hflip"] is True
     assert train["tta"] is True and train["epochs"] == 1
     assert "with test-time augmentation, 10 views) after 1 epochs" in capsys.readouterr().out
-    assert demo("train_mnist").main(["--erase", "2", "--out", str(tmp_path / "bad"), *TINY]) == 1
-    assert "erase" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as refused:
+        demo("train_mnist").main(["--erase", "2", "--out", str(tmp_path / "bad"), *TINY])
+    assert refused.value.code == 2 and "argument --erase: 2 is not in [0, 1]" in capsys.readouterr().err
 
 
 def test_train_mnist_resume_continues_with_the_checkpoint_settings(trained, capsys):
@@ -83,9 +84,9 @@ def test_train_mnist_resume_continues_with_the_checkpoint_settings(trained, caps
     assert [r["epoch"] for r in history["epochs"]] == [1, 2, 3]
     assert history["config"]["model"]["embed_dim"] == 16 and history["config"]["train"]["batch_size"] == 16
     capsys.readouterr()
-    assert train.main(["--out", str(trained), "--resume", "--embed-dim", "32"]) == 1
+    assert train.main(["--out", str(trained), "--resume", "--embed-dim", "32"]) == 2
     assert "embed_dim 16 (checkpoint) vs 32" in capsys.readouterr().err
-    assert train.main(["--out", str(trained), *TINY]) == 1                # would overwrite the run
+    assert train.main(["--out", str(trained), *TINY]) == 2                # would overwrite the run
     assert "already holds a checkpoint" in capsys.readouterr().err
 
 
@@ -114,11 +115,11 @@ def test_train_mnist_ctrl_c_exits_130_with_a_resumable_checkpoint(tmp_path, synt
 
 def test_train_mnist_clear_errors(tmp_path, synthetic, capsys):
     train = demo("train_mnist")
-    assert train.main(["--out", str(tmp_path), "--resume"]) == 1
+    assert train.main(["--out", str(tmp_path), "--resume"]) == 2
     assert "no checkpoint at" in capsys.readouterr().err
-    assert train.main(["--out", str(tmp_path), "--preset", "mnist_tinyy"]) == 1
+    assert train.main(["--out", str(tmp_path), "--preset", "mnist_tinyy"]) == 2
     assert "Did you mean mnist_tiny" in capsys.readouterr().err
-    assert train.main(["--out", str(tmp_path), "--resume", "--preset", "mnist_small"]) == 1
+    assert train.main(["--out", str(tmp_path), "--resume", "--preset", "mnist_small"]) == 2
     assert "--preset start a new run" in capsys.readouterr().err
 
 
@@ -146,7 +147,7 @@ def test_evaluate_tta_adds_the_accuracy_over_the_views_of_the_run_augmentation(t
 
 def test_evaluate_refuses_a_broken_checkpoint(tmp_path, capsys):
     (tmp_path / "checkpoint.npz").write_bytes(b"PK\x03\x04 not really")
-    assert demo("evaluate").main(["--checkpoint", str(tmp_path)]) == 1
+    assert demo("evaluate").main(["--checkpoint", str(tmp_path)]) == 2
     assert "corrupt or truncated" in capsys.readouterr().err
 
 
@@ -164,7 +165,7 @@ def test_predict_reads_rgb_wrong_size_light_background(trained, tmp_path, capsys
     files = [str(tmp_path / name) for name in ("digit.png", "notes.png", "notes.txt")]
     code = demo("predict").main([*files, "--checkpoint", str(trained)])
     captured = capsys.readouterr()
-    assert code == 1                                       # some files could not be read
+    assert code == 2                                       # some files could not be read
     errors = captured.err.splitlines()
     assert errors[0].startswith(f"error: {files[1]} could not be read as an image")
     assert errors[1].startswith(f"error: {files[2]}: unsupported image type '.txt'") and len(errors) == 2
@@ -199,7 +200,8 @@ def test_a_checkpoint_is_resumed_evaluated_drawn_and_used_on_every_backend(tmp_p
     history = json.loads((run / "history.json").read_text())
     assert [r["epoch"] for r in history["epochs"]] == [1, 2] and history["config"]["model"]["backend"] == used_on
     assert demo("evaluate").main(["--checkpoint", str(run), "--backend", used_on]) == 0
-    figures = demo("visualize").main(["--checkpoint", str(run), "--backend", used_on, "--num-test", "8"])
+    visualize = demo("visualize")
+    figures = visualize.draw(visualize.parse_args(["--checkpoint", str(run), "--backend", used_on, "--num-test", "8"]))
     assert figures and all(Path(f).stat().st_size > 0 for f in figures)
     fig = Figure(figsize=(0.28, 0.28), dpi=100)
     fig.figimage(np.zeros((28, 28)))
@@ -261,6 +263,11 @@ def test_plot_runs_draws_and_summarizes_the_seeds(tmp_path, synthetic, capsys):
     assert "mnist seed 0:" in out and "mnist seed 1:" in out and "after 128 images" in out and "range" in out
     assert "% with test-time augmentation) after" in out and "with test-time augmentation (1 of 2 runs): mean" in out
     assert (tmp_path / "t.png").stat().st_size > 1000
-    assert demo("plot_runs").main([str(runs[0]), str(runs[0])]) == 1                     # one label twice
-    assert demo("plot_runs").main([str(tmp_path / "nothing")]) == 1
-    assert "not a readable numpyvit history.json" in capsys.readouterr().err
+    assert demo("plot_runs").main([str(runs[0]), str(runs[0])]) == 2                     # one label twice
+    assert demo("plot_runs").main([str(tmp_path / "nothing")]) == 2
+    assert "nothing cannot be opened: No such file or directory" in capsys.readouterr().err
+    history = json.loads((runs[0] / "history.json").read_text())
+    del history["epochs"][0]["test_acc"]
+    (tmp_path / "damaged.json").write_text(json.dumps(history))
+    assert demo("plot_runs").main([str(tmp_path / "damaged.json")]) == 2
+    assert "damaged.json is not a numpyvit history.json: epoch 1 lacks test_acc or time" in capsys.readouterr().err

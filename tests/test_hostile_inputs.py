@@ -74,10 +74,12 @@ def weights_with(tmp_path):
     (dict(crop_pct="0"), "crop_pct must be a number in \\[0.25, 1\\]"),
     (dict(crop_pct="1e-9"), "crop_pct must be a number in \\[0.25, 1\\]"),
     (dict(crop_pct="0.0005"), "crop_pct must be a number in \\[0.25, 1\\]"),
-    (dict(mean="[0.5, 0.5]"), "mean must be one number or three"),
-    (dict(std="[0.5, 0, 0.5]"), "std must be positive"),
+    (dict(mean="[0.5, 0.5]"), "mean must be one finite number or three"),
+    (dict(std="[0.5, 0, 0.5]"), "std must be at least 0.001"),
+    (dict(std="1e-300"), "std must be at least 0.001"),
+    (dict(mean="NaN"), "mean must be one finite number or three"),
 ], ids=["config-unknown-key", "config-list", "config-not-json", "classes-string", "crop-0", "crop-1e-9",
-        "crop-0.0005", "mean-two", "std-zero"])
+        "crop-0.0005", "mean-two", "std-zero", "std-1e-300", "mean-nan"])
 def test_weight_metadata_is_checked_before_use(weights_with, metadata, message):
     path = weights_with(**metadata)
     with pytest.raises(InputError, match=f"w.safetensors.*{message}"):
@@ -194,7 +196,7 @@ def test_classify_reports_a_bad_photo_in_one_line_and_goes_on(tmp_path, capsys):
     forged_png(tmp_path / "bomb.png", 30000, 30000)
     Image.new("RGB", (40, 40), (200, 10, 10)).save(tmp_path / "ok.png")
     assert classify.main(["--weights", str(tmp_path / "w.safetensors"), str(tmp_path / "bomb.png"),
-                          str(tmp_path / "ok.png")]) == 1
+                          str(tmp_path / "ok.png")]) == 2
     out, err = capsys.readouterr()
     assert err.count("\n") == 1 and "bomb.png has more pixels than" in err and "Traceback" not in err
     assert "ok.png:" in out                                          # the next photo is still classified
@@ -282,6 +284,6 @@ def test_finetune_writes_nothing_when_it_refuses_the_run(tmp_path, capsys):
     (out / "finetune.json").write_text('{"data": "earlier"}')
     model = numpyvit.create_model("vit_tiny_patch16_224", depth=1, num_classes=2, img_size=32)
     save_weights(model, tmp_path / "w.safetensors")
-    assert finetune.main(["--weights", str(tmp_path / "w.safetensors"), "--data", "mnist", "--out", str(out)]) == 1
+    assert finetune.main(["--weights", str(tmp_path / "w.safetensors"), "--data", "mnist", "--out", str(out)]) == 2
     assert (out / "finetune.json").read_text() == '{"data": "earlier"}'
     assert "already holds a checkpoint" in capsys.readouterr().err

@@ -6,6 +6,7 @@ saved to tmp_path with a synthetic dataset in place of MNIST (no files, no netwo
 """
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 import types
@@ -244,7 +245,7 @@ def run(tmp_path, monkeypatch):
     save_model(tiny_model(), run / "checkpoint.npz", dataset="mnist")
     epochs = [dict(epoch=e, train_loss=2.0 / e, train_acc=.5, test_loss=2.1 / e, test_acc=.4, lr=1e-3, time=e)
               for e in (1, 2)]
-    (run / "history.json").write_text(json.dumps({"config": {}, "epochs": epochs}))
+    (run / "history.json").write_text(json.dumps({"config": {"dataset": "mnist", "train": {"seed": 0}}, "epochs": epochs}))
     rng = np.random.default_rng(0)
     images, labels = np.zeros((40, 28, 28), np.uint8), rng.integers(0, 10, 40).astype(np.uint8)
     for image, (top, left) in zip(images, rng.integers(2, 14, (40, 2))):
@@ -256,7 +257,8 @@ def run(tmp_path, monkeypatch):
 
 
 def test_demo_end_to_end(run, capsys):
-    paths = load_demo().main(["--checkpoint", str(run.path)])
+    visualize = load_demo()
+    paths = visualize.draw(visualize.parse_args(["--checkpoint", str(run.path)]))
     names = {Path(p).name for p in paths}
     assert names == {"attention_heads_1.png", "attention_heads_2.png", "attention_heads_3.png",
                      "attention_heads_4.png", "attention_rollout.png", "saliency.png", "position_similarity.png",
@@ -273,8 +275,10 @@ def test_demo_end_to_end(run, capsys):
 def test_demo_with_image_files_npz_path_and_out(run, tmp_path, capsys):
     image_module.imsave(tmp_path / "digit.png", np.random.default_rng(1).random((50, 50)), cmap="gray")
     out = tmp_path / "elsewhere"
-    paths = load_demo().main(["--checkpoint", str(run.path / "checkpoint.npz"), "--image", str(tmp_path / "digit.png"),
-                              "--out", str(out), "--num-test", "10", "--dataset", "fashion-mnist"])
+    visualize = load_demo()
+    paths = visualize.draw(visualize.parse_args(["--checkpoint", str(run.path / "checkpoint.npz"), "--image",
+                                                 str(tmp_path / "digit.png"), "--out", str(out), "--num-test", "10",
+                                                 "--dataset", "fashion-mnist"]))
     assert {Path(p).name for p in paths} >= {"attention_heads_1.png", "attention_rollout.png"}
     assert "attention_heads_2.png" not in {Path(p).name for p in paths}
     assert all(Path(p).parent == out for p in paths)
@@ -282,8 +286,8 @@ def test_demo_with_image_files_npz_path_and_out(run, tmp_path, capsys):
     assert run.asked == ["fashion-mnist"]
 
 
-def test_demo_refuses_a_bad_image(run, tmp_path):
-    with pytest.raises(SystemExit, match="x.svg: .*unsupported image type '.svg'"):
-        load_demo().main(["--checkpoint", str(run.path), "--image", str(tmp_path / "x.svg")])
-    with pytest.raises(SystemExit, match="no image file"):
-        load_demo().main(["--checkpoint", str(run.path), "--image", str(tmp_path / "missing.png")])
+def test_demo_refuses_a_bad_image(run, tmp_path, capsys):
+    assert load_demo().main(["--checkpoint", str(run.path), "--image", str(tmp_path / "x.svg")]) == 2
+    assert re.fullmatch(r"error: --image: .*x.svg: .*unsupported image type '.svg'.*\n", capsys.readouterr().err)
+    assert load_demo().main(["--checkpoint", str(run.path), "--image", str(tmp_path / "missing.png")]) == 2
+    assert "no image file" in capsys.readouterr().err

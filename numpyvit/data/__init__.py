@@ -14,11 +14,11 @@ from .datasets import Dataset, DatasetNotFoundError, load_dataset
 from .folder import load_image_folder, resize_dataset
 from .images import eval_transform, imagenet_classes, load_image, prepare_photos
 from .idx import IDXError, read_idx, write_idx
-from .loader import background, iterate_batches, normalize
+from .loader import background, check_normalization, iterate_batches, normalize
 
 __all__ = [
     "read_idx", "write_idx", "IDXError", "load_dataset", "Dataset", "DatasetNotFoundError",
-    "normalize", "background", "iterate_batches", "RandomAffine", "RandomErasing", "chain", "load_image_folder",
+    "normalize", "check_normalization", "background", "iterate_batches", "RandomAffine", "RandomErasing", "chain", "load_image_folder",
     "resize_dataset", "eval_transform",
     "imagenet_classes", "load_image", "prepare_photos",
 ]

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import environment
 from ..errors import InputError
 from ..files import cache_dir
 from .idx import read_idx
@@ -113,7 +114,7 @@ def load_dataset(name, data_dir=None, download=True):
 
 def search_dirs(data_dir=None):
     """(source, folder) pairs to look in, in order: ``data_dir``, ``$NUMPYVIT_DATA``, the cache."""
-    given = (("data_dir", data_dir), ("$" + ENV_VAR, os.environ.get(ENV_VAR)))
+    given = (("data_dir", data_dir), ("$" + ENV_VAR, environment.data_dir()))
     return [(source, Path(d).expanduser()) for source, d in given if d] + [("cache", cache_dir())]
 
 

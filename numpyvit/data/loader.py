@@ -11,7 +11,31 @@ uint8 images and normalizes each batch (nothing float the size of the data set i
 float32), optionally augments on the host, and moves each batch to the array module ``xp``
 (NumPy or CuPy) with one ``xp.asarray`` for x and one for y.
 """
+import math
+
 import numpy as np
+
+from ..errors import InputError
+
+MIN_STD = 1e-3     # pixels lie in [0, 1]: a real data set's std is ~0.1-0.3; below this, a typo or a broken file
+
+
+def check_normalization(mean, std, source="the normalization"):
+    """(mean, std) as lists of floats, each one number or one per channel (1 or 3), finite, std at
+    least MIN_STD; InputError naming ``source`` otherwise. Every door that takes a mean and std
+    (checkpoints, weight files, photos, folders) comes through here."""
+    def numbers(name, value):
+        values = list(value) if isinstance(value, (list, tuple, np.ndarray)) else [value]
+        if not (len(values) in (1, 3) and all(isinstance(v, (int, float, np.floating, np.integer))
+                                              and not isinstance(v, bool) and math.isfinite(v) for v in values)):
+            raise InputError(f"{source}: {name} must be one finite number or three (R, G, B), got {value!r}")
+        return [float(v) for v in values]
+
+    mean, std = numbers("mean", mean), numbers("std", std)
+    if min(std) < MIN_STD:
+        raise InputError(f"{source}: std must be at least {MIN_STD:g} (pixels lie in [0, 1]), got {std}: "
+                         "normalizing by it would blow the images up")
+    return mean, std
 
 
 def background(mean, std):
@@ -29,6 +53,7 @@ def normalize(images, mean, std):
                         f"{images.dtype}")
     images = images[:, None] if images.ndim == 3 else images                  # (N, C, H, W)
     C = images.shape[1]
+    mean, std = check_normalization(mean, std)
     mean, std = (np.broadcast_to(np.asarray(v, np.float64).reshape(-1), (C,)) for v in (mean, std))
     tables = ((np.arange(256) / 255.0 - mean[:, None]) / std[:, None]).astype(np.float32)  # (C, 256)
     if C == 1:

@@ -17,19 +17,19 @@ import json
 import math
 import os
 import sys
-from pathlib import Path
 
+from .. import environment
 from ..errors import InputError
-from ..files import atomic_file, cache_dir, read_regular_file
+from ..files import atomic_file, read_regular_file
 
 CACHE_NAME = "tuning.json"
 MAX_BYTES = 4 * 2**20                  # thousands of workloads; a larger file is not ours
-STRATEGIES = ("processes", "threads", "split", "blas")
+STRATEGIES = environment.STRATEGIES
 _warned = set()
 
 
 def cache_path():
-    return Path(os.environ.get("NUMPYVIT_CACHE_DIR") or cache_dir()) / CACHE_NAME
+    return environment.tuning_cache_dir() / CACHE_NAME
 
 
 def load_cache():

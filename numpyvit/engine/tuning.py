@@ -53,8 +53,7 @@ import warnings
 
 import numpy as np
 
-from .. import parallel
-from ..errors import InputError
+from .. import environment, parallel
 from ..grad_mode import grad_enabled
 from ..per_thread import PerThread
 from ..version import __version__
@@ -86,15 +85,8 @@ _rechecked = set()                     # workload keys measured again after a di
 _lock = threading.RLock()
 
 
-class TuningError(InputError):
-    """NUMPYVIT_PARALLEL or NUMPYVIT_TUNING holds a value numpyvit does not know."""
-
-
 def tuning_enabled():
-    value = os.environ.get("NUMPYVIT_TUNING", "on").strip().lower()
-    if value not in ("on", "off", "1", "0"):
-        raise TuningError(f"NUMPYVIT_TUNING must be 'on' or 'off', got {value!r}")
-    return value in ("on", "1")
+    return environment.tuning_enabled()
 
 
 def machine():
@@ -102,7 +94,7 @@ def machine():
     blas = [dict(api=lib.internal_api, version=lib.version, kernel=getattr(lib, "architecture", None))
             for lib in parallel.blas_libraries()]
     return dict(cpu=cpu_model(), cores=parallel.num_threads(), numpy=np.__version__, blas=blas,
-                coretype=os.environ.get("OPENBLAS_CORETYPE"), numpyvit=__version__)
+                coretype=environment.openblas_coretype(), numpyvit=__version__)
 
 
 def cpu_model():
@@ -167,7 +159,7 @@ def forced(strategy):
 
 def forced_strategy():
     """The strategy forced by ``forced`` or $NUMPYVIT_PARALLEL, else None."""
-    return _forced.get() or os.environ.get("NUMPYVIT_PARALLEL")
+    return _forced.get() or environment.forced_strategy()
 
 
 def planned(images):
@@ -218,8 +210,6 @@ def choose_strategy(model, batch):
     strategies = available_strategies(batch, threads)
     strategy = forced_strategy()
     if strategy:
-        if strategy not in STRATEGIES:
-            raise TuningError(f"NUMPYVIT_PARALLEL must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
         return strategy if strategy in strategies else strategies[0]
     if len(strategies) == 1:
         return strategies[0]
@@ -379,7 +369,7 @@ def _say(line, once=False):
     if once and line in _said:
         return
     _said.add(line)
-    if os.environ.get("NUMPYVIT_TUNING_QUIET", "0") not in ("1", "true"):
+    if not environment.tuning_quiet():
         print(line, file=sys.stderr, flush=True)
 
 

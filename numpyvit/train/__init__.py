@@ -15,12 +15,12 @@ checkpoint holds, resume checks), ``metrics.py`` (evaluate), ``config.py`` (Trai
 ``history.py`` (history.json), ``progress.py`` (the progress line).
 """
 from .config import RECIPES, TrainConfig, recipe
-from .history import CURVES_NAME, HISTORY_NAME
+from .history import CURVES_NAME, HISTORY_NAME, HistoryError, read_history
 from .loop import fit, refuse_to_overwrite
 from .metrics import Evaluation, evaluate
-from .stops import NonFiniteLossError, TrainingError, TrainingInterrupted
+from .stops import NonFiniteLossError, RunExistsError, TrainingError, TrainingInterrupted
 
 __all__ = [
-    "CURVES_NAME", "Evaluation", "HISTORY_NAME", "NonFiniteLossError", "RECIPES", "TrainConfig", "TrainingError",
+    "CURVES_NAME", "Evaluation", "HISTORY_NAME", "HistoryError", "read_history", "RunExistsError", "NonFiniteLossError", "RECIPES", "TrainConfig", "TrainingError",
     "TrainingInterrupted", "evaluate", "fit", "recipe", "refuse_to_overwrite",
 ]

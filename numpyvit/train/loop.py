@@ -46,7 +46,7 @@ from .config import TrainConfig
 from .history import CURVES_NAME, HISTORY_NAME, write_history
 from .metrics import evaluate
 from .progress import Progress
-from .stops import CtrlC, NonFiniteLossError, TrainingError, TrainingInterrupted, resume_hint
+from .stops import CtrlC, NonFiniteLossError, RunExistsError, TrainingError, TrainingInterrupted, resume_hint
 
 
 _STDERR = object()  # log's default: sys.stderr as it is at call time (tests and tools swap it)
@@ -125,7 +125,7 @@ def _fit(model, dataset, config, out_dir, resume, log, world):
 def refuse_to_overwrite(out_dir):
     """TrainingError if ``out_dir`` already holds a checkpoint (a new run must not overwrite it)."""
     if (Path(out_dir) / CHECKPOINT_NAME).exists():
-        raise TrainingError(f"{out_dir} already holds a checkpoint: resume it (resume=True, --resume), "
+        raise RunExistsError(f"{out_dir} already holds a checkpoint: resume it (resume=True, --resume), "
                             "or train into another folder")
 
 

@@ -13,9 +13,15 @@ the atomic write leaves the previous one intact.
 """
 import signal
 
+from ..errors import InputError
+
 
 class TrainingError(RuntimeError):
     """Training cannot go on (a non-finite loss, an unwritable checkpoint, a clash with an old run)."""
+
+
+class RunExistsError(TrainingError, InputError):
+    """The output folder already holds another run's checkpoint: a new run would overwrite it."""
 
 
 class NonFiniteLossError(TrainingError):

@@ -34,7 +34,7 @@ def _figure(width, height):
 def _save(fig, path):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI)
+    fig.savefig(path, dpi=DPI, format=path.suffix[1:] or "png")   # exactly ``path``: no suffix added
     return path
 
 

@@ -26,7 +26,9 @@ from pathlib import Path
 import numpy as np
 
 from ..data.images import TIMM_VIT_PREPROCESSING, check_crop_pct, imagenet_classes
+from ..data.loader import check_normalization
 from ..errors import ConfigError, InputError
+from ..files import read_regular_file
 from ..io import CHECKPOINT_NAME, META_KEY, CheckpointError, load_arrays, prefixed
 from ..layers import Linear
 from ..model import VisionTransformer
@@ -72,20 +74,10 @@ def read_weights(path):
 
 
 def check_info(info, source):
-    """``info`` with its preprocessing checked: mean and std one or three finite numbers (std > 0),
+    """``info`` with its preprocessing checked: mean and std one or three finite numbers (std >= 1e-3),
     crop_pct in [0.25, 1], classes a list of strings, config a mapping; WeightsError otherwise."""
-    def numbers(key):
-        value = info[key]
-        values = list(value) if isinstance(value, (list, tuple)) else [value]
-        if not (len(values) in (1, 3) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                              and np.isfinite(v) for v in values)):
-            raise WeightsError(f"{source}: {key} must be one number or three (R, G, B), got {value!r}")
-        return values
-
-    numbers("mean")
-    if min(numbers("std")) <= 0:
-        raise WeightsError(f"{source}: std must be positive, got {info['std']!r}")
     try:
+        check_normalization(info["mean"], info["std"], str(source))
         check_crop_pct(info["crop_pct"], str(source))
     except InputError as err:
         raise WeightsError(str(err)) from None
@@ -112,8 +104,10 @@ def _timm_config(path):
     if not config.is_file():
         return {}
     try:
-        pretrained = json.loads(config.read_text()).get("pretrained_cfg", {})
-    except (OSError, ValueError, AttributeError):
+        pretrained = json.loads(read_regular_file(config, 16 * 2**20, "the weights' config.json")).get("pretrained_cfg", {})
+    except (ValueError, AttributeError, UnicodeDecodeError):            # InputError is a ValueError
+        return {}
+    if not isinstance(pretrained, dict):
         return {}
     found = {key: pretrained[key] for key in ("mean", "std", "crop_pct") if key in pretrained}
     if "label_names" in pretrained:

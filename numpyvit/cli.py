@@ -1,0 +1,145 @@
+"""The door every demo shares: flags parsed into checked values, and refusals as one line.
+
+    parser = cli.ArgumentParser(description=__doc__)
+    parser.add_argument("--epochs", type=cli.positive_int)
+    parser.add_argument("--lr", type=cli.positive_float)
+    parser.add_argument("--out", type=cli.folder)
+    ...
+    def main(argv=None):
+        return cli.run(train, parser.parse_args(argv))
+
+A flag that does not parse (a word where a number belongs, 0 epochs, a NaN learning rate, a file
+where a folder belongs) ends in one line, ``error: --epochs: ...``, and exit status 2, as a Unix
+tool's usage error does; nothing starts. ``run`` reads every environment variable first
+(numpyvit.environment) and turns numpyvit's refusals met later (a corrupt file, a size that cannot
+fit, a bad setting) into one line ``error: ...`` and status 2 too; a run that fails (a loss gone
+NaN) is status 1, one stopped by Ctrl-C 130 (resumable). No traceback reaches the user for what
+they typed or named.
+"""
+import argparse
+import math
+import sys
+from pathlib import Path
+
+from . import environment
+from .errors import InputError
+from .train import TrainingError, TrainingInterrupted
+
+USAGE_ERROR, FAILED, INTERRUPTED = 2, 1, 130
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, with a bad flag reported in one line (``error: ...; see --help``) and status 2."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(**kwargs)
+
+    def error(self, message):
+        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(USAGE_ERROR)
+
+
+def run(body, *args):
+    """``body(*args)`` -> its exit status, with numpyvit's refusals as one line and status 2."""
+    try:
+        environment.check_all()
+        return body(*args)
+    except TrainingInterrupted as stop:
+        print(stop, file=sys.stderr)
+        return INTERRUPTED
+    except (InputError, ValueError, OSError, MemoryError) as error:  # InputError: numpyvit's refusals
+        print(f"error: {one_line(error)}", file=sys.stderr)
+        return USAGE_ERROR
+    except TrainingError as error:                                   # the run itself failed (NaN loss)
+        print(f"error: {one_line(error)}", file=sys.stderr)
+        return FAILED
+
+
+def one_line(error):
+    """An exception's message on one line (a file-system error names its file)."""
+    if isinstance(error, MemoryError):
+        return "out of memory: try a smaller batch, image size or model"
+    text = str(error) or type(error).__name__
+    return " ".join(text.split())
+
+
+# ----- flag types: each returns the checked value or raises ArgumentTypeError (one line) -------------
+def _number(text, kind):
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {'a whole number' if kind is int else 'a number'}") from None
+    if kind is float and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def positive_int(text):
+    value = _number(text, int)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive whole number (1 or more)")
+    return value
+
+
+def nonnegative_int(text):
+    value = _number(text, int)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative")
+    return value
+
+
+def positive_float(text):
+    value = _number(text, float)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{value:g} is not above 0")
+    return value
+
+
+def nonnegative_float(text):
+    value = _number(text, float)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value:g} is negative")
+    return value
+
+
+def fraction(text):
+    """A share in [0, 1): a rate of dropout or smoothing."""
+    value = _number(text, float)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"{value:g} is not in [0, 1)")
+    return value
+
+
+def probability(text):
+    """A share in [0, 1]."""
+    value = _number(text, float)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{value:g} is not in [0, 1]")
+    return value
+
+
+def folder(text):
+    """A folder to write into: it may not exist yet, but it may not be a file."""
+    path = Path(text).expanduser()
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file, not a folder: name a folder to write into")
+    return path
+
+
+def png_file(text):
+    """A .png file to write: not a folder, and named .png (nothing added to the name silently)."""
+    path = Path(text).expanduser()
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder: name the .png file to write, e.g. {path / 'plot.png'}")
+    if path.suffix.lower() != ".png":
+        raise argparse.ArgumentTypeError(f"{text} does not end in .png: name the PNG file to write")
+    return path
+
+
+def existing_path(text):
+    """A file or folder that exists (a run folder, a weights file, an image folder)."""
+    path = Path(text).expanduser()
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"{text} does not exist")
+    return path
