@@ -19,7 +19,9 @@ from pathlib import Path
 
 import numpyvit.data
 import numpyvit.distributed
-from numpyvit import PRESETS, VisionTransformer, cli, create_model
+from numpyvit import PRESETS, VisionTransformer, cli
+from numpyvit.memory import check_fits
+from numpyvit.presets import preset_config
 from numpyvit.backend import backend_name
 from numpyvit.io import CHECKPOINT_NAME, load_arrays
 from numpyvit.train import CURVES_NAME, HISTORY_NAME, RECIPES, TrainConfig, fit, recipe
@@ -111,12 +113,12 @@ def train(args):
     say = print if world.is_root else (lambda *a, **k: None)        # under mpiexec: rank 0 speaks
     preset, model_kw, config, dataset_name, out = plan(args)
     dataset = numpyvit.data.load_dataset(dataset_name, args.data_dir)
-    if preset is None:
-        model = VisionTransformer(**model_kw)
-    else:                                                   # the data decides the input and output sizes
+    if preset is not None:                                  # the data decides the input and output sizes
         H, W = dataset.train_images.shape[1:]
-        model = create_model(preset, **model_kw, img_size=H if H == W else (H, W), in_chans=1,
-                             num_classes=len(dataset.classes))
+        model_kw = dict(preset_config(preset), **model_kw, img_size=H if H == W else (H, W), in_chans=1,
+                        num_classes=len(dataset.classes))
+    check_fits(model_kw, config.batch_size)                 # a model too big to train is refused before it is built
+    model = VisionTransformer(**model_kw)
     n_train = min(len(dataset.train_labels), config.limit_train or len(dataset.train_labels))
     say(f"{dataset_name}: {n_train} training / {len(dataset.test_labels)} test images; "
         f"backend {model.config['backend']}; {model.num_parameters():,} parameters")

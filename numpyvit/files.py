@@ -43,24 +43,28 @@ def atomic_file(path):
         raise
 
 
-def read_regular_file(path, max_bytes, what="file"):
-    """The bytes of ``path`` if it is a regular file of at most ``max_bytes``; InputError otherwise
-    (``what`` names the file in the message). Opened without blocking and checked through the open
-    descriptor, so a FIFO or a device put in a file's place is refused, never waited on."""
+def open_regular_file(path, max_bytes, what="file"):
+    """``path`` opened for reading (binary) if it is a regular file of at most ``max_bytes``;
+    InputError otherwise (``what`` names the file in the message). Opened without blocking and
+    checked through the open descriptor, so a FIFO or a device put in a file's place is refused,
+    never waited on."""
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as error:
         raise InputError(f"{what} {path} cannot be opened: {error.strerror}") from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise InputError(f"{what} {path} is not a regular file (a FIFO, a device or a folder?)")
-        if info.st_size > max_bytes:
-            raise InputError(f"{what} {path} is {info.st_size:,} bytes; numpyvit reads at most {max_bytes:,}")
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            data = f.read(max_bytes + 1)
-    finally:
+    info = os.fstat(fd)
+    problem = (f"is not a regular file (a FIFO, a device or a folder?)" if not stat.S_ISREG(info.st_mode) else
+               f"is {info.st_size:,} bytes; numpyvit reads at most {max_bytes:,}" if info.st_size > max_bytes else None)
+    if problem:
         os.close(fd)
+        raise InputError(f"{what} {path} {problem}")
+    return os.fdopen(fd, "rb")
+
+
+def read_regular_file(path, max_bytes, what="file"):
+    """The bytes of ``path``, opened by ``open_regular_file``."""
+    with open_regular_file(path, max_bytes, what) as f:
+        data = f.read(max_bytes + 1)
     if len(data) > max_bytes:
         raise InputError(f"{what} {path} grew past {max_bytes:,} bytes while it was read")
     return data

@@ -16,6 +16,7 @@ uses the same masks.
     >>> print(report)                                # one line per tensor, PASS/FAIL
     >>> assert report.passed
 """
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -71,8 +72,16 @@ def gradcheck(module, x, *args, eps=None, order=4, tol=1e-6, seed=0, max_element
     if order not in STENCILS:
         raise ValueError(f"order must be one of {sorted(STENCILS)}, got {order}")
     eps = eps if eps is not None else {2: 1e-6, 4: 1e-4}[order]
+    for name, value in (("eps", eps), ("tol", tol)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+            raise ValueError(f"gradcheck's {name} must be a finite number above 0, got {value!r}")
+    if max_elements is not None and (isinstance(max_elements, bool) or not isinstance(max_elements, int)
+                                     or max_elements < 1):
+        raise ValueError(f"max_elements must be a whole number >= 1 or None (every element), got {max_elements!r}")
     params = module.named_parameters()
     tensors = ([("input", x)] if check_input else []) + [(name, p.data) for name, p in params]
+    if not tensors:
+        raise ValueError(f"nothing to check: {type(module).__name__} has no parameters and check_input=False")
     for name, value in tensors:
         if value.dtype != np.float64:
             raise TypeError(f"gradcheck needs float64 ({name} is {value.dtype}): build the layer with "

@@ -25,6 +25,7 @@ import numpy as np
 from .backend import array_module, backend_name, get_xp, tune_allocator
 from .errors import ConfigError, InputError
 from .execution import runner_for
+from .memory import check_fits
 from .layers import (Block, ClassToken, Dropout, GlobalPool, LayerNorm, LearnedPositionEmbedding,
                      LearnedPositionEmbedding2D, Linear, Module, PatchEmbed, SinCosPositionEmbedding2D)
 from .layers.base import initialization, new_parameter, trunc_normal
@@ -96,6 +97,7 @@ class VisionTransformer(Module):
             drop_path_rate=drop_path_rate, pos_embed=pos_embed, global_pool=global_pool, act=act,
             dtype=np.dtype(dtype).name, backend=backend_name(backend), seed=seed)
         check_settings(self.config)
+        check_fits(self.config)                                     # before a byte is allocated
         try:
             self._build(init)
         except InputError:                                           # already says what was wrong
@@ -228,6 +230,8 @@ class VisionTransformer(Module):
         if not np.issubdtype(x.dtype, np.floating):
             raise TypeError(f"images must be floating point, got {x.dtype}: convert them, e.g. "
                             "x.astype(numpy.float32) / 255, then normalize")
+        if x.shape[0] == 0:
+            raise ValueError(f"the batch holds no images (shape {tuple(x.shape)}): pass at least one")
         return x.astype(self.dtype, copy=False)
 
     # ----- looking inside --------------------------------------------------------------------------

@@ -22,11 +22,23 @@ from .layers.base import Parameter
 from .parallel import map_rows, single_threaded_blas
 
 
+def check_setting(name, value, low=0.0, high=math.inf, high_open=False):
+    """``value`` as a float if it is a finite real number in [low, high] (or [low, high)); ValueError
+    naming the setting otherwise. Every optimizer, clipping and schedule setting enters here, so a
+    NaN or infinite one never reaches the weights."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(value) or not low <= value <= high or (high_open and value == high):
+        bound = f"[{low:g}, {high:g}{')' if high_open else ']'}" if math.isfinite(high) else f">= {low:g}"
+        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
+    return float(value)
+
+
 class ParamGroup:
     """Parameters sharing hyperparameters, flattened into buffers ``data`` and ``grad``."""
 
     def __init__(self, params, lr, weight_decay):
-        self.params, self.lr, self.weight_decay = params, lr, weight_decay
+        self.params = params
+        self.lr, self.weight_decay = check_setting("lr", lr), check_setting("weight_decay", weight_decay)
         dtypes = {p.data.dtype for p in params}
         if len(dtypes) != 1:
             raise ValueError(f"all parameters of a group must share one dtype, got {sorted(map(str, dtypes))}")
@@ -58,10 +70,12 @@ class AdamW:
     """
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01):
-        if lr < 0 or eps < 0 or weight_decay < 0 or not all(0.0 <= b < 1.0 for b in betas):
-            raise ValueError(f"invalid AdamW settings: lr={lr}, betas={betas}, eps={eps}, "
-                             f"weight_decay={weight_decay} (need lr, eps, weight_decay >= 0 and 0 <= beta < 1)")
-        self.betas, self.eps, self.step_count = betas, eps, 0
+        check_setting("lr", lr)
+        check_setting("weight_decay", weight_decay)
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise ValueError(f"betas must be two numbers (beta1, beta2), got {betas!r}")
+        self.betas = tuple(check_setting(f"beta{i}", b, 0.0, 1.0, high_open=True) for i, b in enumerate(betas, 1))
+        self.eps, self.step_count = check_setting("eps", eps), 0
         params = list(params)
         if all(isinstance(p, Parameter) for p in params):
             params = [p for p in params if p.requires_grad]
@@ -80,6 +94,7 @@ class AdamW:
 
     @lr.setter
     def lr(self, value):
+        value = check_setting("lr", value)
         for group in self.groups:
             group.lr = value
 
@@ -135,8 +150,9 @@ class AdamW:
                     raise ValueError(f"optimizer state groups.{i}.{name} has shape {tuple(value.shape)}, "
                                      f"expected {tuple(g.data.shape)} (a different model?)")
                 getattr(g, name)[...] = array_module(g.data).asarray(value)
-            g.lr = float(state[f"groups.{i}.lr"])
-            g.weight_decay = float(state[f"groups.{i}.weight_decay"])
+            g.lr = check_setting(f"optimizer state groups.{i}.lr", float(state[f"groups.{i}.lr"]))
+            g.weight_decay = check_setting(f"optimizer state groups.{i}.weight_decay",
+                                           float(state[f"groups.{i}.weight_decay"]))
         self.step_count = int(state["step"])
 
 
@@ -146,6 +162,9 @@ def clip_grad_norm(optimizer, max_norm):
     before clipping (a 0-d array on the device: no host sync unless you ``float()`` it).
         norm = sqrt(sum over all gradients of g^2);  g <- g * min(1, max_norm / (norm + 1e-6))
     """
+    max_norm = check_setting("max_norm", max_norm)
+    if max_norm == 0:
+        raise ValueError("max_norm must be above 0 (0 would zero every gradient; pass no clipping instead)")
     grads = [g.grad for g in optimizer.groups]
     xp = array_module(grads[0])
     c = grads[0].dtype.type                                          # NumPy 1.x would widen Python floats
@@ -159,6 +178,8 @@ def clip_grad_norm(optimizer, max_norm):
 def warmup_cosine(step, total_steps, base_lr, warmup_steps=0, min_lr=0.0):
     """Learning rate at ``step`` (0-based): linear warmup to ``base_lr`` over ``warmup_steps``,
     then cosine decay to ``min_lr`` at ``total_steps``."""
+    check_setting("base_lr", base_lr)
+    check_setting("min_lr", min_lr)
     if step < warmup_steps:
         return base_lr * (step + 1) / warmup_steps
     progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))

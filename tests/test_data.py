@@ -93,7 +93,10 @@ def test_gzip_is_detected_by_content_not_name(tmp_path):
     (b"\x00\x00\x08\x03\x00\x00", "truncated header"),
     (b"\x00\x00", "too short"),
     (b"\x00\x00\x08\x03" + np.array([60000, 28, 28], ">u4").tobytes() + bytes(1000),
-     "truncated: header says 60000x28x28 uint8 = 47040000 bytes of data, file has 1000"),
+     "truncated: header says 60000x28x28 uint8 = 47,040,000 bytes of data, file has 1,000"),
+    (b"\x00\x00\x08\x04" + np.array([65536] * 4, ">u4").tobytes(),          # 2^64 bytes: overflowed int64 once
+     "the header says 65536x65536x65536x65536 uint8 = 18,446,744,073,709,551,616 bytes of data, more than"),
+    (b"\x00\x00\x0e\x02" + np.array([2**31, 4], ">u4").tobytes(), "= 68,719,476,736 bytes of data, more than"),
     (b"\x00\x00\x08\x01\x00\x00\x00\x02" + bytes(3), "trailing bytes: header says 2 uint8 = 2 bytes"),
     (b"\x00\x00\x0c\x01\x00\x00\x00\x02" + bytes(7), "truncated: header says 2 int32 = 8 bytes"),
 ])

@@ -79,3 +79,21 @@ def test_random_layers_are_reseeded_so_dropout_checks_pass(rng):
     report = gradcheck(layer, rng.standard_normal((3, 4)))
     assert report.passed, str(report)
     assert not layer.has_cache()
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(eps=float("nan")), "eps must be a finite number above 0, got nan"),
+    (dict(eps=0.0), "eps must be a finite number above 0, got 0.0"),
+    (dict(tol=-1e-6), "tol must be a finite number above 0"),
+    (dict(tol=float("inf")), "tol must be a finite number above 0, got inf"),
+    (dict(max_elements=0), "max_elements must be a whole number >= 1 or None"),
+    (dict(order=3), r"order must be one of \[2, 4\]"),
+])
+def test_bad_settings_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        gradcheck(Linear(3, 2, dtype=np.float64), np.zeros((2, 3)), **kwargs)
+
+
+def test_checking_nothing_is_refused_not_passed():
+    with pytest.raises(ValueError, match="nothing to check: Dropout has no parameters and check_input=False"):
+        gradcheck(Dropout(0.5), np.zeros((2, 3)), check_input=False)

@@ -129,13 +129,42 @@ def test_adamw_float32_equals_pytorch_float32(rng, torch):
     np.testing.assert_allclose(p.data, t.detach().numpy(), rtol=1e-5, atol=1e-7)
 
 
-def test_adamw_refuses_invalid_settings():
-    p = Parameter(np.zeros(3))
-    for kwargs in (dict(lr=-1.0), dict(betas=(0.9, 1.0)), dict(eps=-1e-8), dict(weight_decay=-0.1)):
-        with pytest.raises(ValueError, match="invalid AdamW settings"):
-            AdamW([p], **kwargs)
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(lr=-1.0), r"lr must be a finite number >= 0, got -1.0"),
+    (dict(lr=float("nan")), r"lr must be a finite number >= 0, got nan"),
+    (dict(lr=float("inf")), r"lr must be a finite number >= 0, got inf"),
+    (dict(lr="0.1"), r"lr must be a finite number >= 0, got '0.1'"),
+    (dict(betas=(0.9, 1.0)), r"beta2 must be a finite number \[0, 1\), got 1.0"),
+    (dict(betas=(float("nan"), 0.9)), r"beta1 must be a finite number \[0, 1\), got nan"),
+    (dict(betas=0.9), r"betas must be two numbers"),
+    (dict(eps=-1e-8), r"eps must be a finite number >= 0"),
+    (dict(eps=float("nan")), r"eps must be a finite number >= 0, got nan"),
+    (dict(weight_decay=-0.1), r"weight_decay must be a finite number >= 0"),
+    (dict(weight_decay=float("nan")), r"weight_decay must be a finite number >= 0, got nan"),
+], ids=["lr-negative", "lr-nan", "lr-inf", "lr-string", "beta2-1", "beta1-nan", "betas-scalar", "eps-negative",
+        "eps-nan", "wd-negative", "wd-nan"])
+def test_adamw_refuses_invalid_settings(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        AdamW([Parameter(np.zeros(3))], **kwargs)
+
+
+def test_adamw_refuses_no_parameters_and_a_bad_learning_rate_later():
     with pytest.raises(ValueError, match="no parameters"):
         AdamW([])
+    opt = AdamW([Parameter(np.zeros(3))])
+    with pytest.raises(ValueError, match="lr must be a finite number >= 0, got nan"):
+        opt.lr = float("nan")
+
+
+@pytest.mark.parametrize("max_norm, message", [(float("nan"), "got nan"), (-1.0, "got -1.0"), (0.0, "above 0"),
+                                               (float("inf"), "got inf")])
+def test_clipping_refuses_a_max_norm_that_is_not_a_positive_finite_number(max_norm, message):
+    p = Parameter(np.ones(3))
+    opt = AdamW([p])
+    p.grad[...] = 1.0
+    with pytest.raises(ValueError, match=f"max_norm must .*{message}"):
+        clip_grad_norm(opt, max_norm)
+    np.testing.assert_array_equal(p.grad, 1.0)                       # the gradients untouched
 
 
 # ----- schedule ----------------------------------------------------------------------------------

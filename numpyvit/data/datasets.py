@@ -25,8 +25,10 @@ import numpy as np
 
 from .. import environment
 from ..errors import InputError
-from ..files import cache_dir
+from ..files import cache_dir, open_regular_file
 from .idx import read_idx
+
+MAX_FILE_BYTES = 2**27                 # a data set file larger than 128 MB is not one of these
 
 FILES = (
     "train-images-idx3-ubyte.gz",
@@ -107,7 +109,7 @@ def load_dataset(name, data_dir=None, download=True):
         raise DatasetNotFoundError(_not_found_message(name, dirs, missing, download, failures))
 
     arrays = {file: read_idx(path) for file, path in paths.items()}
-    splits = [_check_split(arrays, paths, split) for split in ("train", "t10k")]
+    splits = [_check_split(arrays, paths, split, len(CLASSES[name])) for split in ("train", "t10k")]
     mean, std = MEAN_STD[name]
     return Dataset(name, *splits[0], *splits[1], CLASSES[name], mean, std)
 
@@ -182,7 +184,11 @@ def _progress(url, done, total):
 
 
 def _verify(path, name, file):
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    sha256 = hashlib.sha256()
+    with open_regular_file(path, MAX_FILE_BYTES, f"the {name} file") as f:   # the largest is 26 MB
+        for chunk in iter(lambda: f.read(2**20), b""):
+            sha256.update(chunk)
+    digest = sha256.hexdigest()
     if digest == SHA256[name][file]:
         return
     other = [n for n, sums in SHA256.items() if sums.get(file) == digest]
@@ -198,8 +204,9 @@ def _verify(path, name, file):
     )
 
 
-def _check_split(arrays, paths, split):
-    """(images, labels) of one split, after checking shapes, dtypes and that the counts agree."""
+def _check_split(arrays, paths, split, num_classes):
+    """(images, labels) of one split, after checking shapes, dtypes, the label range and that the
+    counts agree."""
     images_file, labels_file = f"{split}-images-idx3-ubyte.gz", f"{split}-labels-idx1-ubyte.gz"
     images, labels = arrays[images_file], arrays[labels_file]
     if images.ndim != 3 or images.dtype != np.uint8:
@@ -208,6 +215,9 @@ def _check_split(arrays, paths, split):
     if labels.ndim != 1 or labels.dtype != np.uint8:
         got = f"{labels.shape} {labels.dtype}"
         raise ValueError(f"{paths[labels_file]}: expected (N,) uint8 labels, got {got}")
+    if labels.size and labels.max() >= num_classes:
+        raise InputError(f"{paths[labels_file]}: a label is {labels.max()}, but the data set has {num_classes} "
+                         f"classes (labels 0 to {num_classes - 1}): the file is damaged or from another data set")
     if len(images) != len(labels):
         raise ValueError(
             f"{paths[images_file]} has {len(images)} images but {paths[labels_file]} has "

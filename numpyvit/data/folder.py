@@ -32,6 +32,11 @@ def load_image_folder(root, img_size, channels=3, mean=None, std=None, test_frac
     classes = sorted(p.name for p in splits[0].iterdir() if p.is_dir() or p.is_symlink())
     if len(classes) < 2:
         raise ImageError(f"{splits[0]} needs one subfolder per class (at least two), found {classes or 'none'}")
+    if len(splits) == 2:
+        unknown = sorted({p.name for p in splits[1].iterdir() if p.is_dir() or p.is_symlink()} - set(classes))
+        if unknown:
+            raise ImageError(f"{splits[1]} has class folders that {splits[0]} lacks: {', '.join(unknown)}; the model "
+                             "could never predict them (add their training images, or remove them from val/)")
     files = [_files_by_class(split, classes) for split in splits]
     if len(splits) == 1:                                             # hold out a fraction of each class
         rng = np.random.default_rng(seed)

@@ -210,7 +210,7 @@ class Module:
 
     def load_state_dict(self, state_dict):
         """Copy arrays (NumPy or CuPy, from any device) into the parameters, in place; refuses
-        missing, unexpected or mis-shaped entries, naming each one."""
+        missing, unexpected, mis-shaped or complex (or other non-real) entries, naming each one."""
         params = dict(self.named_parameters())
         missing = sorted(set(params) - set(state_dict), key=_natural)
         unexpected = sorted(set(state_dict) - set(params), key=_natural)
@@ -219,7 +219,11 @@ class Module:
             for name in params
             if name in state_dict and tuple(state_dict[name].shape) != tuple(params[name].shape)
         ]
+        not_real = [f"{name} ({state_dict[name].dtype})" for name in params
+                    if name in state_dict and state_dict[name].dtype.kind not in "fiu"]
         problems = []
+        if not_real:
+            problems.append("not real numbers (copying would drop a part silently): " + _listed(not_real))
         if missing:
             problems.append("missing keys: " + _listed(missing))
         if unexpected:

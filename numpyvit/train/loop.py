@@ -40,6 +40,7 @@ from ..engine.shards import split_rows
 from ..errors import ConfigError
 from ..io import CHECKPOINT_NAME
 from ..losses import CrossEntropyLoss
+from ..memory import check_fits
 from ..optim import AdamW, clip_grad_norm, warmup_cosine
 from .checkpoint import TrainState, derived_seed, load_checkpoint, rank_generators, save_checkpoint
 from .config import TrainConfig
@@ -79,6 +80,7 @@ def _fit(model, dataset, config, out_dir, resume, log, world):
     if B % world.size:
         raise ConfigError(f"batch_size {B} does not split into {world.size} equal shards, one per rank: "
                          f"use a multiple of {world.size}")
+    check_fits(model.config, B // world.size, built=True)             # moments and activations
     run_meta = json.loads(json.dumps(dict(        # JSON round trip: compares equal to a loaded one
         config=model.config, train=config.to_dict(), dataset=dataset.name,
         data=dict(train_size=n, test_size=len(dataset.test_labels), mean=dataset.mean, std=dataset.std,

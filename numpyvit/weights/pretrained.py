@@ -136,6 +136,9 @@ def create_pretrained(name, weights, **overrides):
                            "(leave the preset out to use the file's)")
     config.pop("backend", None)
     file_classes = state["head.weight"].shape[0] if "head.weight" in state else None
+    if file_classes == 0:
+        raise WeightsError(f"{weights}: head.weight has shape {tuple(state['head.weight'].shape)}, a classifier "
+                           "for 0 classes (a damaged file)")
     config["num_classes"] = file_classes or config.get("num_classes", 1000)
     config.update(overrides)
     same_classes = config["num_classes"] == file_classes
@@ -188,6 +191,11 @@ def guess_preset(state):
 def _adapt(model, state, keep_head, source):
     """The file's tensors made to fit ``model``: a new head, resampled position embeddings,
     patch kernels summed to one channel."""
+    not_real = [f"{name} ({np.asarray(value).dtype})" for name, value in state.items()
+                if np.asarray(value).dtype.kind not in "fiu"]
+    if not_real:
+        raise WeightsError(f"{source}: tensors must hold real numbers; {', '.join(not_real[:3])} do not "
+                           "(converting them would drop a part silently)")
     try:
         state = {name: np.asarray(value, dtype=model.dtype) for name, value in state.items()}
     except (TypeError, ValueError) as err:
