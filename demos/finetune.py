@@ -109,6 +109,8 @@ def resume(args):
         saved = json.loads(read_regular_file(settings, 2**20, "the fine-tuning settings"))
         if not isinstance(saved, dict) or not {"data", "data_dir", "freeze"} <= set(saved):
             raise ValueError("it lacks data, data_dir or freeze")
+    except InputError as err:                                        # missing, not a regular file, too big
+        raise InputError(f"{err}; --resume continues a run that finetune.py started in --out") from None
     except (OSError, ValueError) as err:
         raise InputError(f"{settings} cannot be read ({err}); --resume continues a run that finetune.py started "
                          "in --out") from None

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpyvit.data
 import numpyvit.distributed
 from numpyvit import PRESETS, VisionTransformer, cli
+from numpyvit.errors import InputError
 from numpyvit.memory import check_fits
 from numpyvit.presets import preset_config
 from numpyvit.backend import backend_name
@@ -89,6 +90,10 @@ def plan(args):
             raise ValueError("--recipe and --preset start a new run; --resume continues with the checkpoint's "
                              "settings (other flags given with it still override them)")
         _, meta = load_arrays(out)
+        if not (isinstance(meta.get("config"), dict) and isinstance(meta.get("train"), dict)
+                and isinstance(meta.get("dataset"), str)):
+            raise InputError(f"{out} holds no training state (model config, training settings and data set): it "
+                             "was not written by a training run, so there is nothing to --resume")
         backend = args.backend or meta["config"]["backend"]
         preset, model_kw = None, dict(meta["config"], **model_kw, backend=backend)
         train, dataset_name = TrainConfig.from_dict(meta["train"]), args.dataset or meta["dataset"]

@@ -36,6 +36,7 @@ class ArgumentParser(argparse.ArgumentParser):
         super().__init__(**kwargs)
 
     def error(self, message):
+        message = message.replace("\r", "\\r").replace("\n", "\\n")        # a typed newline stays on the line
         print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
         sys.exit(USAGE_ERROR)
 

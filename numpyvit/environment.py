@@ -123,6 +123,6 @@ def openblas_coretype():
 def check_all():
     """Read every variable once (the demos call this first), so a bad one is reported before any
     work starts; raises EnvironmentVariableError for the first bad one."""
-    for read in (backend, threads, forced_strategy, tuning_enabled, tuning_quiet, malloc_tuning, tuning_cache_dir,
-                 data_dir):
+    for read in (backend, threads, forced_strategy, tuning_enabled, tuning_quiet, malloc_tuning, cache_dir,
+                 tuning_cache_dir, data_dir):
         read()

@@ -22,6 +22,7 @@ import functools
 import importlib
 import os
 import tempfile
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +85,15 @@ def oracle(name):
     if os.environ.get("NUMPYVIT_ORACLES") == "1":
         return importlib.import_module(name)
     return pytest.importorskip(name)
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    """No test downloads: they make their own data."""
+    def no_network(url, *args, **kwargs):
+        raise AssertionError(f"a test tried to open {url}")
+
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
 
 
 @pytest.fixture
