@@ -111,7 +111,7 @@ def resume(args):
             raise ValueError("it lacks data, data_dir or freeze")
     except InputError as err:                                        # missing, not a regular file, too big
         raise InputError(f"{err}; --resume continues a run that finetune.py started in --out") from None
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, RecursionError) as err:
         raise InputError(f"{settings} cannot be read ({err}); --resume continues a run that finetune.py started "
                          "in --out") from None
     _, meta = load_arrays(args.out)

@@ -26,6 +26,8 @@ def atomic_file(path):
     """A binary file to write ``path`` through: a temporary file in the same folder, flushed to
     disk and renamed over ``path`` when the block ends without an error, removed otherwise."""
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path} is a folder: name the file to write")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     umask = os.umask(0)

@@ -201,6 +201,12 @@ def test_any_tuning_cache_is_read_or_ignored_never_a_crash(tmp_path, monkeypatch
         cache.check_schema(loaded)
 
 
+def test_a_history_nested_too_deep_is_refused(tmp_path):
+    (tmp_path / "history.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(HistoryError, match="history.json is not JSON"):
+        read_history(tmp_path)
+
+
 VALID_HISTORY = {"config": {"dataset": "mnist", "train": {"seed": 0}},
                  "epochs": [{"epoch": 1, "test_acc": 0.9, "time": 3.0, "images": 128, "train_loss": 0.5}]}
 

@@ -299,6 +299,7 @@ BAD_CACHES = {
     "a negative time": '{"f": {"workloads": {"k": {"strategy": "blas", "ms": {"blas": -1}}}}}',
     "settings as a list": '{"f": {"settings": [1, 2, 3]}}',
     "a machine entry as a number": '{"f": 3}',
+    "nested too deep": "[" * 100_000 + "]" * 100_000,
 }
 
 

@@ -41,7 +41,7 @@ def load_cache():
         cache = json.loads(read_regular_file(path, MAX_BYTES, "the tuning cache"))
         check_schema(cache)
         return cache
-    except (InputError, ValueError, UnicodeDecodeError) as error:
+    except (InputError, ValueError, UnicodeDecodeError, RecursionError) as error:
         why = str(error) if isinstance(error, InputError) else f"the tuning cache {path} is malformed: {error}"
         if why not in _warned:
             _warned.add(why)
@@ -55,7 +55,7 @@ def write_cache(cache):
     try:
         with atomic_file(cache_path()) as f:
             f.write(json.dumps(cache, indent=1).encode())
-    except OSError:
+    except (OSError, InputError):                                    # InputError: a folder in its place
         pass
 
 

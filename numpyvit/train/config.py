@@ -9,6 +9,7 @@
 """
 import dataclasses
 import difflib
+import math
 from dataclasses import dataclass
 
 from ..errors import ConfigError
@@ -66,10 +67,11 @@ class TrainConfig:
         for name in ("lr", "min_lr", "warmup_epochs", "weight_decay", "label_smoothing", "max_translate",
                      "max_rotate", "erase") + (("clip_norm",) if self.clip_norm is not None else ()):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or value != value:
-                raise ConfigError(f"TrainConfig.{name} must be a number, got {value!r}")
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+                raise ConfigError(f"TrainConfig.{name} must be a finite number, got {value!r}")
         if not (isinstance(self.scale, (list, tuple)) and len(self.scale) == 2
-                and all(isinstance(s, (int, float)) and not isinstance(s, bool) and s > 0 for s in self.scale)):
+                and all(isinstance(s, (int, float)) and not isinstance(s, bool) and 0 < s < math.inf
+                        for s in self.scale)):
             raise ConfigError(f"TrainConfig.scale must be two positive numbers (min, max zoom), got {self.scale!r}")
         self.scale = tuple(float(s) for s in self.scale)         # JSON gives a list back
         for name in ("augment", "hflip", "tta"):

@@ -43,7 +43,7 @@ def read_history(path, need_images=False):
         history = json.loads(read_regular_file(file, MAX_BYTES, "the history"))
     except InputError as error:
         raise HistoryError(str(error)) from None
-    except (ValueError, UnicodeDecodeError) as error:
+    except (ValueError, UnicodeDecodeError, RecursionError) as error:      # RecursionError: nested too deep
         raise HistoryError(f"{file} is not JSON ({error})") from None
     problem = _history_problem(history, need_images)
     if problem:

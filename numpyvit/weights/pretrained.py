@@ -105,7 +105,7 @@ def _timm_config(path):
         return {}
     try:
         pretrained = json.loads(read_regular_file(config, 16 * 2**20, "the weights' config.json")).get("pretrained_cfg", {})
-    except (ValueError, AttributeError, UnicodeDecodeError):            # InputError is a ValueError
+    except (ValueError, AttributeError, UnicodeDecodeError, RecursionError):   # InputError is a ValueError
         return {}
     if not isinstance(pretrained, dict):
         return {}

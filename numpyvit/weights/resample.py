@@ -52,6 +52,9 @@ def resample_pos_embed(pos_embed, new_grid, old_grid=None, num_prefix_tokens=1):
     if old_grid is None:
         side = int(round(np.sqrt(grid.shape[0])))
         old_grid = (side, side)
+    if not all(isinstance(n, (int, np.integer)) and n >= 1 for n in tuple(new_grid) + tuple(old_grid)):
+        raise ValueError(f"grids must be positive whole numbers of rows and columns, got {tuple(new_grid)} "
+                         f"from {tuple(old_grid)}")
     if old_grid[0] * old_grid[1] != grid.shape[0]:
         raise ValueError(f"a {old_grid[0]}x{old_grid[1]} grid needs {old_grid[0] * old_grid[1]} position "
                          f"embeddings after the {num_prefix_tokens} prefix token(s), got {grid.shape[0]}")
