@@ -1,12 +1,12 @@
 """Softmax cross-entropy with label smoothing, averaged over the batch.
 Implements numpyvit.reference.cross_entropy_forward / cross_entropy_backward (docs/math.md, section 10).
 
-Shapes: logits z (B, K), integer labels y (B,).
+Shapes: logits a (B, K), integer labels y (B,) (docs/math.md's notation).
 
-Forward:   log p = z - logsumexp(z)          (stable: logsumexp(z) = m + log sum exp(z - m), m = max z)
-           q = (1 - eps) * onehot(y) + eps / K        the smoothed target
-           loss = -(1/B) * sum_b sum_k q[b, k] * log p[b, k]
-Backward:  dz = (p - q) / B * dloss
+Forward:   log p = a - logsumexp(a)          (stable: logsumexp(a) = c + log sum exp(a - c), c = max a)
+           target = (1 - alpha) * onehot(y) + alpha / K    the smoothed target (alpha: label_smoothing)
+           loss = -(1/B) * sum_b sum_k target[b, k] * log p[b, k]
+Backward:  da = (p - target) / B * dloss
 Caches: log p (B, K) and the labels (the backward takes p = exp(log p)).
 """
 import numpy as np

@@ -6,14 +6,15 @@ NumPy allows, one function pair per layer in the CS231n form:
     out, cache = layer_forward(x, weights...)        # remember what the backward needs
     dx, dweights... = layer_backward(dout, cache)    # the chain rule, one step per line
 
-Each line of a backward says which forward line it undoes ("in the forward y = ..., so ...").
-The derivations, with shapes, are in docs/math.md; docs/tour.ipynb runs every pair on tiny
-inputs with a gradient check. The fast layers in numpyvit.layers compute exactly this (the tests
-pin them to these functions to 1e-12 in float64), with speed tricks that this file leaves out:
+Every backward takes the gradient of its output and its forward's cache, and each of its lines
+says which forward line it undoes ("forward: y = ..., so ..."). The derivations, with shapes,
+are in docs/math.md, whose notation table this file follows; docs/tour.ipynb runs every pair on
+tiny inputs with a gradient check. The fast layers in numpyvit.layers compute exactly this (the
+tests pin them to these functions to 1e-12 in float64), with speed tricks this file leaves out:
 no threads, no preallocated output buffers, no merging of LayerNorm into the next product, no
 [CLS]-only last block, softmax always with its row max, GELU through erf in float64.
 
-The whole model (inference mode: no dropout, no stochastic depth):
+The whole model (inference mode: no dropout, no stochastic depth; their pairs are below):
 
     logits, cache = vit_forward(params, x, config)   # params: {timm name: array}, x (B, C, H, W)
     grads = vit_backward(dlogits, cache)             # {timm name: gradient}, the same keys
@@ -22,8 +23,9 @@ The whole model (inference mode: no dropout, no stochastic depth):
 ``params`` is ``model.state_dict()`` and ``config`` is ``model.config`` of a
 numpyvit.VisionTransformer. Works on NumPy and CuPy arrays alike.
 
-Shapes: B batch, C channels, (H, W) image, (Ph, Pw) patch, N patches, T = 1 + N tokens,
-D width, Hd heads, d = D / Hd head width, F MLP width, K classes.
+Shapes (docs/math.md's notation): B batch, C channels, (H, W) image, (Ph, Pw) patch, (Gh, Gw)
+grid of patches, N = Gh Gw patches, T = N + 1 tokens, D width, num_heads heads, Dh = D / num_heads
+head width, F MLP width, K classes, M rows of a Linear's input.
 """
 import math
 
@@ -35,7 +37,7 @@ from .layers.tokens import sincos_table_2d
 from .special import erf
 
 
-# ----- Linear: y = x W^T + b ----------------------------------------------------------------------
+# ----- Linear: y = x W^T + b ---------------------------------------------------------------------
 def linear_forward(x, W, b):
     """x (..., in), W (out, in) as in PyTorch, b (out,) or None -> y (..., out)."""
     y = x @ W.T
@@ -45,325 +47,460 @@ def linear_forward(x, W, b):
 
 
 def linear_backward(dy, cache):
-    """-> dx (..., in), dW (out, in), db (out,) or None."""
+    """dy (..., out) -> dx (..., in), dW (out, in), db (out,) or None."""
     x, W, has_bias = cache
-    dx = dy @ W                                                      # y = x W^T, so dx = dy W
-    x2, dy2 = x.reshape(-1, x.shape[-1]), dy.reshape(-1, dy.shape[-1])   # every row is one sample of the product
-    dW = dy2.T @ x2                                                  # each row adds dy_row^T x_row to dW
-    db = dy2.sum(axis=0) if has_bias else None                       # b was added to every row
+    # forward: y = x W^T, so dx = dy W
+    dx = dy @ W
+    # (M, in): every row is one sample
+    x2 = x.reshape(-1, x.shape[-1])
+    dy2 = dy.reshape(-1, dy.shape[-1])                               # (M, out), the same rows
+    # y_j = W x_j for each row j: sum dy_j x_j^T
+    dW = dy2.T @ x2
+    # forward: b was added to every row
+    db = dy2.sum(axis=0) if has_bias else None
     return dx, dW, db
 
 
-# ----- Patch embedding: cut into patches, then one Linear ---------------------------------------------
+# ----- Patch embedding: cut into patches, then one Linear ----------------------------------------
 def patchify(x, patch_size):
-    """(B, C, H, W) -> (B, N, C*Ph*Pw): the patches in row-major grid order, each flattened as (C, Ph, Pw)."""
+    """x (B, C, H, W) -> (B, N, C*Ph*Pw): the patches in row-major grid order, each flattened
+    as (C, Ph, Pw)."""
     B, C, H, W = x.shape
     Ph, Pw = patch_size
-    x = x.reshape(B, C, H // Ph, Ph, W // Pw, Pw)                   # (B, C, Gh, Ph, Gw, Pw)
-    return x.transpose(0, 2, 4, 1, 3, 5).reshape(B, (H // Ph) * (W // Pw), C * Ph * Pw)
+    # (B, C, Gh, Ph, Gw, Pw): rows, columns split
+    x = x.reshape(B, C, H // Ph, Ph, W // Pw, Pw)
+    # (B, Gh, Gw, C, Ph, Pw): patch index first
+    x = x.transpose(0, 2, 4, 1, 3, 5)
+    return x.reshape(B, (H // Ph) * (W // Pw), C * Ph * Pw)
 
 
 def unpatchify(patches, image_shape, patch_size):
-    """The inverse of patchify: (B, N, C*Ph*Pw) -> (B, C, H, W)."""
+    """The inverse of patchify: patches (B, N, C*Ph*Pw) -> (B, C, H, W)."""
     B, C, H, W = image_shape
     Ph, Pw = patch_size
     x = patches.reshape(B, H // Ph, W // Pw, C, Ph, Pw)              # (B, Gh, Gw, C, Ph, Pw)
-    return x.transpose(0, 3, 1, 4, 2, 5).reshape(B, C, H, W)
+    # (B, C, Gh, Ph, Gw, Pw): patchify's undone
+    x = x.transpose(0, 3, 1, 4, 2, 5)
+    return x.reshape(B, C, H, W)
 
 
 def patch_embed_forward(x, W, b):
-    """x (B, C, H, W), W (D, C, Ph, Pw) (a convolution's kernel), b (D,) -> (B, N, D).
-    A convolution with kernel = stride = patch is this Linear on the patches: they do not overlap."""
+    """x (B, C, H, W), W (D, C, Ph, Pw) (a convolution's kernel), b (D,) -> (B, N, D). A
+    convolution with kernel = stride = patch is this Linear on the patches: they do not overlap."""
     patch_size = W.shape[2:]
     y, linear_cache = linear_forward(patchify(x, patch_size), W.reshape(W.shape[0], -1), b)
     return y, (x.shape, W.shape, linear_cache)
 
 
 def patch_embed_backward(dy, cache):
-    """-> dx (B, C, H, W), dW (D, C, Ph, Pw), db (D,)."""
+    """dy (B, N, D) -> dx (B, C, H, W), dW (D, C, Ph, Pw), db (D,)."""
     image_shape, W_shape, linear_cache = cache
-    dpatches, dW, db = linear_backward(dy, linear_cache)             # y = patches W^T + b
-    dx = unpatchify(dpatches, image_shape, W_shape[2:])              # each pixel sits in exactly one patch
+    dpatches, dW, db = linear_backward(dy, linear_cache)             # forward: y = patches W^T + b
+    # forward: patchify moved each pixel once
+    dx = unpatchify(dpatches, image_shape, W_shape[2:])
+    # forward: W was the kernel reshaped
     return dx, dW.reshape(W_shape), db
 
 
-# ----- [CLS] token and position embeddings --------------------------------------------------------
+# ----- [CLS] token and position embeddings -------------------------------------------------------
 def tokens_forward(patches, cls_token, pos_table):
-    """patches (B, N, D), cls_token (1, 1, D), pos_table (1, T, D) -> z0 (B, T, D) = [cls; patches] + E."""
+    """patches (B, N, D), cls_token (1, 1, D), pos_table (1, T, D)
+    -> z0 (B, T, D) = [cls; patches] + E."""
     xp = array_module(patches)
     B = patches.shape[0]
-    cls = xp.broadcast_to(cls_token, (B, 1, cls_token.shape[-1]))
+    cls = xp.broadcast_to(cls_token, (B, 1, cls_token.shape[-1]))   # (B, 1, D): one copy per image
     return xp.concatenate([cls, patches], axis=1) + pos_table, None
 
 
 def tokens_backward(dz0, cache):
-    """-> dpatches (B, N, D), dcls_token (1, 1, D), dpos_table (1, T, D)."""
-    dpos_table = dz0.sum(axis=0, keepdims=True)                      # E was added to every image
-    dcls = dz0[:, :1].sum(axis=0, keepdims=True)                     # cls was copied to every image
-    return dz0[:, 1:], dcls, dpos_table                              # the patches were copied in place
+    """dz0 (B, T, D) -> dpatches (B, N, D), dcls_token (1, 1, D), dpos_table (1, T, D)."""
+    # forward: E was added to every image
+    dpos_table = dz0.sum(axis=0, keepdims=True)
+    # forward: cls was copied to every image
+    dcls = dz0[:, :1].sum(axis=0, keepdims=True)
+    # forward: patches copied in place
+    return dz0[:, 1:], dcls, dpos_table
 
 
-def position_table(params, config, grid):
-    """E (1, T, D) for config['pos_embed']: 'learned' (one vector per token), 'learned_2d'
-    (row[r] + col[c] for the patch at (r, c), zero for [CLS]) or 'sincos' (fixed)."""
+def position_table_forward(params, config, grid):
+    """E (1, T, D) for config['pos_embed'] on a grid (Gh, Gw): 'learned' (one vector per token),
+    'learned_2d' (row[i] + col[j] for the patch at (i, j), zero for [CLS]) or 'sincos' (fixed)."""
     kind = config["pos_embed"]
+    cache = (kind, grid)
     if kind == "learned":
-        return params["pos_embed"]
+        return params["pos_embed"], cache
     if kind == "learned_2d":
         row, col = params["pos_embed_row"][0], params["pos_embed_col"][0]    # (Gh, D), (Gw, D)
         xp = array_module(row)
         grid_table = (row[:, None, :] + col[None, :, :]).reshape(-1, row.shape[-1])   # (N, D)
-        return xp.concatenate([xp.zeros_like(row[:1]), grid_table])[None]
+        return xp.concatenate([xp.zeros_like(row[:1]), grid_table])[None], cache
     xp = array_module(params["cls_token"])
-    return xp.asarray(sincos_table_2d(grid, config["embed_dim"]), dtype=params["cls_token"].dtype)
+    table = xp.asarray(sincos_table_2d(grid, config["embed_dim"]), dtype=params["cls_token"].dtype)
+    return table, cache
 
 
-def position_table_backward(dtable, config, grid):
-    """{name: gradient} of the parameters E was made from."""
-    kind = config["pos_embed"]
+def position_table_backward(dtable, cache):
+    """dtable (1, T, D) -> {name: gradient} of the parameters E was made from."""
+    kind, grid = cache
     if kind == "learned":
+        # forward: E was the parameter itself
         return {"pos_embed": dtable}
     if kind == "learned_2d":
-        dgrid = dtable[0, 1:].reshape(grid[0], grid[1], -1)          # E[(r, c)] = row[r] + col[c]
-        return {"pos_embed_row": dgrid.sum(axis=1)[None],            # row[r] is in every column c
-                "pos_embed_col": dgrid.sum(axis=0)[None]}            # col[c] is in every row r
-    return {}                                                        # a fixed table learns nothing
+        # (Gh, Gw, D); [CLS]'s zero has none
+        dgrid = dtable[0, 1:].reshape(grid[0], grid[1], -1)
+        # forward: row[i] is in every column j
+        return {"pos_embed_row": dgrid.sum(axis=1)[None],
+                # forward: col[j] is in every row i
+                "pos_embed_col": dgrid.sum(axis=0)[None]}
+    # forward: a fixed table learns nothing
+    return {}
 
 
-# ----- LayerNorm over the last axis -----------------------------------------------------------------
-def layernorm_forward(x, g, beta, eps=1e-6):
-    """x (..., D), g and beta (D,): each row normalized to mean 0, variance 1, then scaled and shifted."""
-    mu = x.mean(axis=-1, keepdims=True)                              # (..., 1)
-    var = ((x - mu) ** 2).mean(axis=-1, keepdims=True)               # (..., 1)
-    rstd = 1 / (var + eps) ** 0.5
-    xhat = (x - mu) * rstd                                           # (..., D)
-    return xhat * g + beta, (xhat, rstd, g)
+# ----- LayerNorm over the last axis --------------------------------------------------------------
+def layernorm_forward(x, gamma, beta, eps=1e-6):
+    """x (..., D), gamma and beta (D,) -> (..., D): each row normalized to mean 0, variance 1,
+    then scaled and shifted."""
+    mean = x.mean(axis=-1, keepdims=True)                            # (..., 1)
+    var = ((x - mean) ** 2).mean(axis=-1, keepdims=True)             # (..., 1)
+    rstd = 1 / (var + eps) ** 0.5                                    # rho in docs/math.md
+    xhat = (x - mean) * rstd                                         # (..., D)
+    return xhat * gamma + beta, (xhat, rstd, gamma)
 
 
 def layernorm_backward(dy, cache):
-    """-> dx (..., D), dg (D,), dbeta (D,)."""
-    xhat, rstd, g = cache
-    D = xhat.shape[-1]
-    dg = (dy * xhat).reshape(-1, D).sum(axis=0)                      # y = xhat g + beta, summed over all rows
+    """dy (..., D) -> dx (..., D), dgamma (D,), dbeta (D,)."""
+    xhat, rstd, gamma = cache
+    D = xhat.shape[-1]                                               # the row width
+    # forward: y = xhat gamma + beta, every row
+    dgamma = (dy * xhat).reshape(-1, D).sum(axis=0)
+    # forward: beta was added to every row
     dbeta = dy.reshape(-1, D).sum(axis=0)
-    dxhat = dy * g
-    # xhat = (x - mu) rstd, where mu and rstd depend on the whole row: three terms
+    # forward: y = xhat gamma, elementwise
+    dxhat = dy * gamma
+    # forward: xhat = (x - mean) rstd, and mean and rstd depend on the whole row: three terms
     dx = rstd * (dxhat                                               # through x itself
-                 - dxhat.mean(axis=-1, keepdims=True)                # through mu
+                 - dxhat.mean(axis=-1, keepdims=True)                # through the mean
                  - xhat * (dxhat * xhat).mean(axis=-1, keepdims=True))   # through rstd
-    return dx, dg, dbeta
+    return dx, dgamma, dbeta
 
 
-# ----- Multi-head self-attention ---------------------------------------------------------------------
-def softmax(s):
-    """Softmax over the last axis; subtracting the row max changes nothing but keeps exp finite."""
+# ----- Softmax over the last axis ----------------------------------------------------------------
+def softmax_forward(s):
+    """s (..., n) -> p (..., n), each row summing to 1; subtracting the row max changes nothing
+    but keeps exp finite."""
     e = array_module(s).exp(s - s.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
+    p = e / e.sum(axis=-1, keepdims=True)
+    return p, p
 
 
+def softmax_backward(dp, cache):
+    """dp (..., n) -> ds (..., n) = p (dp - <dp, p>), the Jacobian diag(p) - p p^T applied."""
+    p = cache
+    # forward: p_j = e^s_j / sum_k e^s_k
+    row_sum = (dp * p).sum(axis=-1, keepdims=True)
+    # ds_k = sum_j dp_j p_j (delta_jk - p_k)
+    return p * (dp - row_sum)
+
+
+# ----- Multi-head self-attention -----------------------------------------------------------------
 def attention_forward(x, W_qkv, b_qkv, W_proj, b_proj, num_heads):
-    """x (B, T, D) -> y (B, T, D): every token attends to every token, in num_heads heads."""
+    """x (B, T, D), W_qkv (3D, D), b_qkv (3D,) or None, W_proj (D, D), b_proj (D,) -> y (B, T, D):
+    every token attends to every token, in num_heads heads of width Dh = D / num_heads."""
     B, T, D = x.shape
-    d = D // num_heads
-    qkv, qkv_cache = linear_forward(x, W_qkv, b_qkv)                 # (B, T, 3D)
-    qkv = qkv.reshape(B, T, 3, num_heads, d).transpose(2, 0, 3, 1, 4)   # (3, B, Hd, T, d)
+    Dh = D // num_heads
+    # (B, T, 3D): [q | k | v], heads inside each
+    qkv, qkv_cache = linear_forward(x, W_qkv, b_qkv)
+    # split the columns: which, head, channel
+    qkv = qkv.reshape(B, T, 3, num_heads, Dh)
+    # (3, B, num_heads, T, Dh): one matrix a head
+    qkv = qkv.transpose(2, 0, 3, 1, 4)
     q, k, v = qkv[0], qkv[1], qkv[2]
-    s = q @ k.swapaxes(-1, -2) / math.sqrt(d)                        # (B, Hd, T, T) scores
-    p = softmax(s)                                                   # each row sums to 1
-    o = p @ v                                                        # (B, Hd, T, d) weighted values
-    heads = o.transpose(0, 2, 1, 3).reshape(B, T, D)                 # heads side by side
+    # (B, num_heads, T, T) scores; k^T per head
+    s = q @ k.swapaxes(-1, -2) / math.sqrt(Dh)
+    p, softmax_cache = softmax_forward(s)                            # each row sums to 1
+    # (B, num_heads, T, Dh) weighted values
+    o = p @ v
+    # (B, T, num_heads, Dh): heads side by side
+    heads = o.transpose(0, 2, 1, 3).reshape(B, T, D)
     y, proj_cache = linear_forward(heads, W_proj, b_proj)
-    return y, (qkv_cache, proj_cache, q, k, v, p)
+    return y, (qkv_cache, proj_cache, softmax_cache, q, k, v)
 
 
 def attention_backward(dy, cache):
-    """-> dx (B, T, D), dW_qkv, db_qkv, dW_proj, db_proj."""
-    qkv_cache, proj_cache, q, k, v, p = cache
-    B, num_heads, T, d = q.shape
+    """dy (B, T, D) -> dx (B, T, D), dW_qkv (3D, D), db_qkv (3D,) or None, dW_proj (D, D),
+    db_proj (D,)."""
+    qkv_cache, proj_cache, softmax_cache, q, k, v = cache
+    p = softmax_cache                                                # softmax kept p itself
+    B, num_heads, T, Dh = q.shape
     xp = array_module(dy)
-    dheads, dW_proj, db_proj = linear_backward(dy, proj_cache)       # y = heads W_proj^T + b_proj
-    do = dheads.reshape(B, T, num_heads, d).transpose(0, 2, 1, 3)    # heads was o side by side
-    dp = do @ v.swapaxes(-1, -2)                                     # o = p v, so dp = do v^T
-    dv = p.swapaxes(-1, -2) @ do                                     # and dv = p^T do
-    ds = p * (dp - (dp * p).sum(axis=-1, keepdims=True))             # p = softmax(s): its Jacobian
-    dq = ds @ k / math.sqrt(d)                                       # s = q k^T / sqrt(d)
-    dk = ds.swapaxes(-1, -2) @ q / math.sqrt(d)
-    dqkv = xp.stack([dq, dk, dv]).transpose(1, 3, 0, 2, 4).reshape(B, T, 3 * num_heads * d)   # undo the split
-    dx, dW_qkv, db_qkv = linear_backward(dqkv, qkv_cache)            # qkv = x W_qkv^T + b_qkv
+    # forward: y = heads W_proj^T + b_proj
+    dheads, dW_proj, db_proj = linear_backward(dy, proj_cache)
+    # forward: heads was o side by side ...
+    do = dheads.reshape(B, T, num_heads, Dh)
+    # ... (B, num_heads, T, Dh), one per head
+    do = do.transpose(0, 2, 1, 3)
+    # forward: o = p v, so dp = do v^T
+    dp = do @ v.swapaxes(-1, -2)
+    dv = p.swapaxes(-1, -2) @ do                                     # ... and dv = p^T do
+    # forward: p = softmax(s), row by row
+    ds = softmax_backward(dp, softmax_cache)
+    # forward: s = q k^T / sqrt(Dh)
+    dq = ds @ k / math.sqrt(Dh)
+    dk = ds.swapaxes(-1, -2) @ q / math.sqrt(Dh)                     # ... and the same for k
+    dqkv = xp.stack([dq, dk, dv])                                    # (3, B, num_heads, T, Dh)
+    # forward: qkv.transpose(2, 0, 3, 1, 4) undone
+    dqkv = dqkv.transpose(1, 3, 0, 2, 4)
+    # forward: the column split undone
+    dqkv = dqkv.reshape(B, T, 3 * num_heads * Dh)
+    # forward: qkv = x W_qkv^T + b_qkv
+    dx, dW_qkv, db_qkv = linear_backward(dqkv, qkv_cache)
     return dx, dW_qkv, db_qkv, dW_proj, db_proj
 
 
-# ----- Activations and the MLP ----------------------------------------------------------------------
+# ----- Activations and the MLP -------------------------------------------------------------------
 def activation_forward(x, kind):
-    """'gelu': x Phi(x) with the exact normal CDF; 'gelu_tanh': its tanh approximation; 'relu'."""
+    """x (...) -> f(x) (...): 'gelu' x Phi(x) with the exact normal CDF; 'gelu_tanh' its tanh
+    approximation; 'relu'."""
     xp = array_module(x)
     if kind == "relu":
         return xp.maximum(x, 0), (x, kind)
     if kind == "gelu_tanh":
-        t = xp.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3))
-        return x * (1 + t) / 2, (x, kind)
+        psi = xp.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3))
+        return x * (1 + psi) / 2, (x, kind)
     Phi = (1 + erf(x.astype(np.float64) / math.sqrt(2))) / 2        # erf in float64 for any input
     return (x * Phi).astype(x.dtype), (x, kind)
 
 
 def activation_backward(dy, cache):
-    """-> dx = dy * f'(x)."""
+    """dy (...) -> dx = dy * f'(x) (...)."""
     x, kind = cache
     xp = array_module(x)
     if kind == "relu":
-        return dy * (x > 0)                                          # y = max(x, 0)
+        return dy * (x > 0)                                          # forward: y = max(x, 0)
     if kind == "gelu_tanh":
+        # forward: w = c (x + 0.044715 x^3)
         c = math.sqrt(2 / math.pi)
-        t = xp.tanh(c * (x + 0.044715 * x**3))                       # y = x (1 + t) / 2, t = tanh(u)
-        return dy * ((1 + t) / 2 + x * (1 - t**2) / 2 * c * (1 + 3 * 0.044715 * x**2))
-    x64 = x.astype(np.float64)
-    Phi = (1 + erf(x64 / math.sqrt(2))) / 2
-    phi = xp.exp(-x64**2 / 2) / math.sqrt(2 * math.pi)               # Phi' is the normal density
-    return (dy * (Phi + x64 * phi)).astype(dy.dtype)                 # y = x Phi(x): product rule
+        # forward: y = x (1 + psi) / 2, psi = tanh(w)
+        psi = xp.tanh(c * (x + 0.044715 * x**3))
+        # product and chain rule
+        slope = (1 + psi) / 2 + x * (1 - psi**2) / 2 * c * (1 + 3 * 0.044715 * x**2)
+        return dy * slope                                            # elementwise: dx = dy f'(x)
+    x64 = x.astype(np.float64)                                       # erf in float64, as forward
+    Phi = (1 + erf(x64 / math.sqrt(2))) / 2                          # forward: y = x Phi(x)
+    # Phi' is the normal density phi
+    phi = xp.exp(-x64**2 / 2) / math.sqrt(2 * math.pi)
+    # the product rule: Phi + x phi
+    return (dy * (Phi + x64 * phi)).astype(dy.dtype)
 
 
 def mlp_forward(x, W1, b1, W2, b2, act):
-    """x (B, T, D) -> fc2(act(fc1(x))) (B, T, D), hidden width F."""
-    h, fc1_cache = linear_forward(x, W1, b1)                         # (B, T, F)
-    a, act_cache = activation_forward(h, act)
-    y, fc2_cache = linear_forward(a, W2, b2)
+    """x (B, T, D), W1 (F, D), b1 (F,), W2 (D, F), b2 (D,) -> fc2(act(fc1(x))) (B, T, D)."""
+    hidden, fc1_cache = linear_forward(x, W1, b1)                    # (B, T, F)
+    activated, act_cache = activation_forward(hidden, act)           # (B, T, F)
+    y, fc2_cache = linear_forward(activated, W2, b2)                 # (B, T, D)
     return y, (fc1_cache, act_cache, fc2_cache)
 
 
 def mlp_backward(dy, cache):
-    """-> dx, dW1, db1, dW2, db2."""
+    """dy (B, T, D) -> dx (B, T, D), dW1 (F, D), db1 (F,), dW2 (D, F), db2 (D,)."""
     fc1_cache, act_cache, fc2_cache = cache
-    da, dW2, db2 = linear_backward(dy, fc2_cache)                    # y = a W2^T + b2
-    dh = activation_backward(da, act_cache)                          # a = act(h)
-    dx, dW1, db1 = linear_backward(dh, fc1_cache)                    # h = x W1^T + b1
+    # forward: y = activated W2^T + b2
+    dactivated, dW2, db2 = linear_backward(dy, fc2_cache)
+    # forward: activated = act(hidden)
+    dhidden = activation_backward(dactivated, act_cache)
+    # forward: hidden = x W1^T + b1
+    dx, dW1, db1 = linear_backward(dhidden, fc1_cache)
     return dx, dW1, db1, dW2, db2
 
 
-# ----- The pre-norm transformer block ---------------------------------------------------------------
+# ----- Dropout and stochastic depth (training only) ----------------------------------------------
+def dropout_forward(x, keep, rate):
+    """x (...), keep (...) a 0/1 mask drawn with P(1) = 1 - rate -> x keep / (1 - rate) (...)."""
+    scale = keep / (1 - rate)
+    return x * scale, scale
+
+
+def dropout_backward(dy, cache):
+    """dy (...) -> dx (...)."""
+    scale = cache
+    # forward: y = x keep / (1 - rate)
+    return dy * scale
+
+
+def drop_path_forward(x, keep, rate):
+    """x (B, ...), keep (B,) one 0/1 value an image -> x keep_b / (1 - rate): a residual branch
+    dropped for whole images (stochastic depth)."""
+    # (B, 1, ..., 1): broadcast over the image
+    keep = keep.reshape((-1,) + (1,) * (x.ndim - 1))
+    return dropout_forward(x, keep, rate)
+
+
+def drop_path_backward(dy, cache):
+    """dy (B, ...) -> dx (B, ...)."""
+    # forward: the same scaled mask, per image
+    return dropout_backward(dy, cache)
+
+
+# ----- The pre-norm transformer block ------------------------------------------------------------
 def block_forward(x, params, prefix, config):
-    """x + Attn(LN1(x)), then + MLP(LN2(.)) (the paper's eqs. 2-3); params named ``prefix`` + timm's names."""
+    """x (B, T, D) -> x + Attn(LN1(x)), then + MLP(LN2(.)) (the paper's eqs. 2-3), (B, T, D);
+    params {name: array}, this block's named ``prefix`` + timm's names."""
     def w(name):
         return params.get(prefix + name)                             # None for an absent bias
 
-    a, ln1 = layernorm_forward(x, w("norm1.weight"), w("norm1.bias"))
-    a, attn = attention_forward(a, w("attn.qkv.weight"), w("attn.qkv.bias"), w("attn.proj.weight"),
-                                w("attn.proj.bias"), config["num_heads"])
-    x = x + a
-    m, ln2 = layernorm_forward(x, w("norm2.weight"), w("norm2.bias"))
-    m, mlp = mlp_forward(m, w("mlp.fc1.weight"), w("mlp.fc1.bias"), w("mlp.fc2.weight"), w("mlp.fc2.bias"),
-                         config["act"])
-    return x + m, (ln1, attn, ln2, mlp, prefix)
+    normed1, ln1 = layernorm_forward(x, w("norm1.weight"), w("norm1.bias"))
+    attended, attn = attention_forward(normed1, w("attn.qkv.weight"), w("attn.qkv.bias"),
+                                       w("attn.proj.weight"), w("attn.proj.bias"),
+                                       config["num_heads"])
+    x1 = x + attended
+    normed2, ln2 = layernorm_forward(x1, w("norm2.weight"), w("norm2.bias"))
+    mixed, mlp = mlp_forward(normed2, w("mlp.fc1.weight"), w("mlp.fc1.bias"), w("mlp.fc2.weight"),
+                             w("mlp.fc2.bias"), config["act"])
+    return x1 + mixed, (ln1, attn, ln2, mlp, prefix)
 
 
-def block_backward(dy, cache):
-    """-> dx and {name: gradient} of the block's parameters."""
+def block_backward(dx2, cache):
+    """dx2 (B, T, D) -> dx (B, T, D) and {name: gradient} of the block's parameters."""
     ln1, attn, ln2, mlp, prefix = cache
     grads = {}
-    dm, *mlp_grads = mlp_backward(dy, mlp)                           # y = x1 + MLP(LN2(x1)): the branch
-    grads.update(zip(("mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.weight", "mlp.fc2.bias"), mlp_grads))
-    dx1, grads["norm2.weight"], grads["norm2.bias"] = layernorm_backward(dm, ln2)
-    dx1 = dx1 + dy                                                   # ... plus the residual path
-    da, *attn_grads = attention_backward(dx1, attn)                  # x1 = x + Attn(LN1(x)): the branch
-    grads.update(zip(("attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight", "attn.proj.bias"), attn_grads))
-    dx, grads["norm1.weight"], grads["norm1.bias"] = layernorm_backward(da, ln1)
-    dx = dx + dx1                                                    # ... plus the residual path
-    return dx, {prefix + name: g for name, g in grads.items() if g is not None}
+    # forward: x2 = x1 + MLP(normed2)
+    dnormed2, *mlp_grads = mlp_backward(dx2, mlp)
+    # the MLP's weight gradients, under their names
+    grads.update(zip(("mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.weight", "mlp.fc2.bias"),
+                     mlp_grads))
+    # normed2 = LN2(x1)
+    dx1, grads["norm2.weight"], grads["norm2.bias"] = layernorm_backward(dnormed2, ln2)
+    # forward: x1 also went straight to x2
+    dx1 = dx1 + dx2
+    # forward: x1 = x + Attn(normed1)
+    dnormed1, *attn_grads = attention_backward(dx1, attn)
+    # the attention's weight gradients, under their names
+    grads.update(zip(("attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight", "attn.proj.bias"),
+                     attn_grads))
+    # normed1 = LN1(x)
+    dx, grads["norm1.weight"], grads["norm1.bias"] = layernorm_backward(dnormed1, ln1)
+    # forward: x also went straight to x1
+    dx = dx + dx1
+    return dx, {prefix + name: g for name, g in grads.items() if g is not None}   # timm's names
 
 
-# ----- Pooling, the loss ----------------------------------------------------------------------------
+# ----- Pooling, the loss -------------------------------------------------------------------------
 def pool_forward(z, kind):
-    """(B, T, D) -> (B, D): the [CLS] token ('token') or the mean of the patch tokens ('avg')."""
+    """z (B, T, D) -> (B, D): the [CLS] token ('token') or the mean of the patch tokens ('avg')."""
     return (z[:, 0] if kind == "token" else z[:, 1:].mean(axis=1)), (z.shape, kind)
 
 
 def pool_backward(dy, cache):
+    """dy (B, D) -> dz (B, T, D)."""
     shape, kind = cache
+    # tokens not pooled get no gradient
     dz = array_module(dy).zeros(shape, dtype=dy.dtype)
     if kind == "token":
-        dz[:, 0] = dy                                                # y = z[:, 0]
+        dz[:, 0] = dy                                                # forward: y = z[:, 0]
     else:
-        dz[:, 1:] = dy[:, None, :] / (shape[1] - 1)                  # y = the mean of N tokens
+        # forward: y = the mean of the N patch tokens
+        dz[:, 1:] = dy[:, None, :] / (shape[1] - 1)
     return dz
 
 
 def cross_entropy_forward(logits, labels, label_smoothing=0.0):
-    """Mean over the batch of -sum_k q_k log p_k, p = softmax(logits), q the smoothed one-hot target."""
+    """logits (B, K), labels (B,) -> the mean over the batch of -sum_k target_k log p_k, with
+    p = softmax(logits) and target the smoothed one-hot, (1 - label_smoothing) onehot(labels)
+    + label_smoothing / K."""
     xp = array_module(logits)
     B, K = logits.shape
     shifted = logits - logits.max(axis=1, keepdims=True)
     log_p = shifted - xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))   # (B, K)
-    q = xp.full((B, K), label_smoothing / K, dtype=logits.dtype)
-    q[xp.arange(B), labels] += 1 - label_smoothing
-    return -(q * log_p).sum() / B, (xp.exp(log_p), q)
+    target = xp.full((B, K), label_smoothing / K, dtype=logits.dtype)
+    target[xp.arange(B), labels] += 1 - label_smoothing
+    return -(target * log_p).sum() / B, (xp.exp(log_p), target)
 
 
-def cross_entropy_backward(cache):
-    """-> dlogits (B, K) = (p - q) / B, the gradient of the mean loss."""
-    p, q = cache
-    return (p - q) / p.shape[0]
+def cross_entropy_backward(dloss, cache):
+    """dloss (a scalar, 1 where backpropagation starts) -> dlogits (B, K)."""
+    p, target = cache
+    # forward: loss = -mean_b sum_k target log p
+    return dloss * (p - target) / p.shape[0]
 
 
-# ----- The whole model ------------------------------------------------------------------------------
+# ----- The whole model ---------------------------------------------------------------------------
 def vit_forward(params, x, config):
-    """logits (B, K) for images x (B, C, H, W); params {timm name: array}, config ``model.config``."""
+    """x (B, C, H, W) -> logits (B, K); params {timm name: array}, config ``model.config``."""
     patch_size = to_pair(config["patch_size"], "patch_size")
     image = to_pair(config["img_size"], "img_size")
-    grid = (image[0] // patch_size[0], image[1] // patch_size[1])
-    patches, embed = patch_embed_forward(x, params["patch_embed.proj.weight"], params["patch_embed.proj.bias"])
-    z, _ = tokens_forward(patches, params["cls_token"], position_table(params, config, grid))   # eq. 1
+    grid = (image[0] // patch_size[0], image[1] // patch_size[1])   # (Gh, Gw)
+    patches, embed = patch_embed_forward(x, params["patch_embed.proj.weight"],
+                                         params["patch_embed.proj.bias"])
+    table, table_cache = position_table_forward(params, config, grid)
+    z, _ = tokens_forward(patches, params["cls_token"], table)       # eq. 1: z0 (B, T, D)
     blocks = []
     for i in range(config["depth"]):                                 # eqs. 2-3
         z, block = block_forward(z, params, f"blocks.{i}.", config)
         blocks.append(block)
     norm = "norm" if config["global_pool"] == "token" else "fc_norm"
-    if norm == "norm":                                               # eq. 4: LN of the [CLS] token
+    # eq. 4: LN of every token (its [CLS] row used)
+    if norm == "norm":
         z, norm_cache = layernorm_forward(z, params["norm.weight"], params["norm.bias"])
-    y, pool = pool_forward(z, config["global_pool"])
+    pooled, pool = pool_forward(z, config["global_pool"])            # (B, D)
     if norm == "fc_norm":                                            # timm's 'avg': LN of the mean
-        y, norm_cache = layernorm_forward(y, params["fc_norm.weight"], params["fc_norm.bias"])
-    logits, head = linear_forward(y, params["head.weight"], params["head.bias"])
-    return logits, (config, grid, embed, blocks, norm, norm_cache, pool, head)
+        pooled, norm_cache = layernorm_forward(pooled, params["fc_norm.weight"],
+                                               params["fc_norm.bias"])
+    logits, head = linear_forward(pooled, params["head.weight"], params["head.bias"])
+    return logits, (table_cache, embed, blocks, norm, norm_cache, pool, head)
 
 
 def vit_backward(dlogits, cache, input_grad=False):
-    """{timm name: gradient} of every parameter (and the images' gradient with ``input_grad``)."""
-    config, grid, embed, blocks, norm, norm_cache, pool, head = cache
+    """dlogits (B, K) -> {timm name: gradient} of every parameter (and dx (B, C, H, W) with
+    ``input_grad``)."""
+    table_cache, embed, blocks, norm, norm_cache, pool, head = cache
     grads = {}
-    dy, grads["head.weight"], grads["head.bias"] = linear_backward(dlogits, head)
+    # forward: logits = pooled W_head^T + b_head
+    dpooled, grads["head.weight"], grads["head.bias"] = linear_backward(dlogits, head)
     if norm == "fc_norm":
-        dy, grads["fc_norm.weight"], grads["fc_norm.bias"] = layernorm_backward(dy, norm_cache)
-    dz = pool_backward(dy, pool)
+        dpooled, dgamma, dbeta = layernorm_backward(dpooled, norm_cache)   # forward: LN_fc(mean)
+        grads["fc_norm.weight"], grads["fc_norm.bias"] = dgamma, dbeta     # ... its gamma, beta
+    # forward: pooled = a row or a mean of z
+    dz = pool_backward(dpooled, pool)
     if norm == "norm":
-        dz, grads["norm.weight"], grads["norm.bias"] = layernorm_backward(dz, norm_cache)
+        dz, dgamma, dbeta = layernorm_backward(dz, norm_cache)       # forward: z = LN(z_L)
+        grads["norm.weight"], grads["norm.bias"] = dgamma, dbeta     # ... its gamma, beta
     for block in reversed(blocks):
-        dz, block_grads = block_backward(dz, block)
-        grads.update(block_grads)
+        dz, block_grads = block_backward(dz, block)                  # forward: z_i = block_i(z)
+        grads.update(block_grads)                                    # ... and its weights
+    # forward: z0 = [cls; patches] + E
     dpatches, grads["cls_token"], dtable = tokens_backward(dz, None)
-    grads.update(position_table_backward(dtable, config, grid))
-    dx, grads["patch_embed.proj.weight"], grads["patch_embed.proj.bias"] = patch_embed_backward(dpatches, embed)
+    # forward: E made from its parameters
+    grads.update(position_table_backward(dtable, table_cache))
+    dx, dW, db = patch_embed_backward(dpatches, embed)               # forward: patches = embed(x)
+    grads["patch_embed.proj.weight"], grads["patch_embed.proj.bias"] = dW, db   # timm's names
     return (grads, dx) if input_grad else grads
 
 
-# ----- One AdamW step -------------------------------------------------------------------------------
+# ----- One AdamW step ----------------------------------------------------------------------------
 NO_DECAY = ("cls_token", "pos_embed", "pos_embed_row", "pos_embed_col")
 
 
 def decays(name, value):
-    """Weight decay for matrices and kernels only: not biases, norms, the [CLS] token or positions."""
+    """Weight decay for matrices and kernels only: not biases, norms, the [CLS] token or
+    the position embeddings."""
     return value.ndim >= 2 and name not in NO_DECAY
 
 
-def adamw_step(params, grads, state, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, decayed=decays):
-    """Update params in place (PyTorch's AdamW). ``state`` starts as {} and keeps t, m and v;
-    ``decayed(name, value)`` says which parameters are decayed."""
+def adamw_step(params, grads, state, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01,
+               decayed=decays):
+    """One step of PyTorch's AdamW. It writes into the arrays of ``params`` ({name: array}), in
+    place, and into ``state`` (starts as {}; keeps the step t and the moments m and u per name).
+    If ``params`` is ``model.state_dict()``, those arrays are the model's own weights: the model
+    is updated. Pass copies (``{k: v.copy() ...}``) to leave it alone. ``grads`` {name: gradient};
+    ``decayed(name, value)`` says which parameters are decayed (docs/math.md, section 11)."""
     b1, b2 = betas
     t = state["t"] = state.get("t", 0) + 1
     for name, p in params.items():
         g = grads[name]
         m = state.setdefault("m", {}).setdefault(name, 0 * p)
-        v = state.setdefault("v", {}).setdefault(name, 0 * p)
+        u = state.setdefault("u", {}).setdefault(name, 0 * p)
         if decayed(name, p):
             p *= 1 - lr * weight_decay                               # decoupled weight decay
         m[...] = b1 * m + (1 - b1) * g                               # running mean of g
-        v[...] = b2 * v + (1 - b2) * g * g                           # running mean of g^2
-        p -= lr / (1 - b1**t) * m / ((v / (1 - b2**t)) ** 0.5 + eps)   # both bias-corrected
+        u[...] = b2 * u + (1 - b2) * g * g                           # running mean of g^2
+        p -= lr / (1 - b1**t) * m / ((u / (1 - b2**t)) ** 0.5 + eps)   # both bias-corrected

@@ -107,6 +107,28 @@ def test_mlp(rng, act):
     check_layer(lambda *a: ref.mlp_forward(*a, act), ref.mlp_backward, [x, *weights], rng, [0, 1, 2, 3, 4])
 
 
+def test_softmax(rng):
+    check_layer(ref.softmax_forward, ref.softmax_backward, [rng.standard_normal((2, 3, 5))], rng, [0])
+
+
+def test_softmax_backward_is_the_full_jacobian_product(rng):
+    s, dp = rng.standard_normal(6), rng.standard_normal(6)
+    p, cache = ref.softmax_forward(s)
+    jacobian = np.diag(p) - np.outer(p, p)                           # docs/math.md, section 5
+    np.testing.assert_allclose(ref.softmax_backward(dp, cache), jacobian.T @ dp, rtol=1e-13)
+
+
+@pytest.mark.parametrize("pair", ["dropout", "drop_path"])
+def test_dropout_and_drop_path(rng, pair):
+    forward, backward = getattr(ref, f"{pair}_forward"), getattr(ref, f"{pair}_backward")
+    x = rng.standard_normal((4, 3, 5))
+    keep = (rng.random(x.shape if pair == "dropout" else 4) >= 0.3).astype(np.float64)
+    check_layer(lambda x_: forward(x_, keep, 0.3), backward, [x], rng, [0])
+    if pair == "drop_path":                                          # whole images dropped, or nothing of them
+        dropped = (forward(x, keep, 0.3)[0] == 0).reshape(4, -1)
+        assert dropped.any() and (dropped.all(axis=1) == dropped.any(axis=1)).all()
+
+
 @pytest.mark.parametrize("kind", ["token", "avg"])
 def test_pool(rng, kind):
     check_layer(lambda z: ref.pool_forward(z, kind), ref.pool_backward, [rng.standard_normal((2, 4, 3))], rng, [0])
@@ -115,7 +137,7 @@ def test_pool(rng, kind):
 def test_cross_entropy(rng):
     logits, labels = rng.standard_normal((4, 5)), np.array([0, 4, 2, 2])
     loss, cache = ref.cross_entropy_forward(logits, labels, 0.1)
-    assert_grad_matches(ref.cross_entropy_backward(cache),
+    assert_grad_matches(ref.cross_entropy_backward(1.0, cache),
                         lambda: float(ref.cross_entropy_forward(logits, labels, 0.1)[0]), logits, rng)
     ours = numpyvit.CrossEntropyLoss(label_smoothing=0.1)
     np.testing.assert_allclose(loss, ours(logits, labels), rtol=1e-14)
@@ -249,3 +271,31 @@ def test_fast_model_equals_reference_each_architecture(xp, pos_embed, pool, act,
 def test_fast_model_equals_reference_with_automatic_choices(xp, dtype):
     """As the model decides for itself (folding by size, the way as measured)."""
     assert pin(xp, {}, batch=3, dtype=dtype) <= DTYPES[dtype]
+
+
+# ----- the reference's own pairs that the model does not call, pinned to the fast layers ------------------
+@pytest.mark.parametrize("shape", [(2, 3, 7, 7), (5, 4)])
+def test_fast_softmax_equals_the_reference(rng, shape):
+    from numpyvit.layers import attention_softmax
+    s = rng.standard_normal(shape) * 5
+    p, cache = ref.softmax_forward(s)
+    assert relative_difference(attention_softmax(s), p) <= PIN_RTOL
+
+
+@pytest.mark.parametrize("layer", ["Dropout", "DropPath"])
+def test_fast_dropout_layers_equal_the_reference_with_their_mask(rng, layer):
+    """The fast layer draws its mask; the reference takes it (recovered from the output): the
+    same output and the same input gradient."""
+    import numpyvit.layers
+    module = getattr(numpyvit.layers, layer)(0.4).seed(3)
+    x = rng.standard_normal((6, 3, 5)) + 10.0                         # no zero inputs: y == 0 only where dropped
+    y = module(x)
+    keep = (y != 0).astype(np.float64)
+    keep = keep if layer == "Dropout" else keep[:, 0, 0]
+    forward, backward = (ref.dropout_forward, ref.dropout_backward) if layer == "Dropout" else \
+        (ref.drop_path_forward, ref.drop_path_backward)
+    expected, cache = forward(x, keep, 0.4)
+    dy = rng.standard_normal(y.shape)
+    assert 0 < keep.mean() < 1
+    assert relative_difference(y, expected) <= PIN_RTOL
+    assert relative_difference(module.backward(dy), backward(dy, cache)) <= PIN_RTOL

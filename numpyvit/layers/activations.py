@@ -1,7 +1,7 @@
 """Elementwise activations: GELU (exact and tanh approximation) and ReLU.
 Implements numpyvit.reference.activation_forward / activation_backward (docs/math.md, section 7).
 
-Shapes: x, y any shape (here (B, N, hidden) inside the MLP).
+Shapes: x, y any shape (here (B, T, F) inside the MLP).
 
 Every activation here is y = f(x) applied elementwise, so its backward is
     dx = dy * f'(x).

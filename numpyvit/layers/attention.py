@@ -1,23 +1,27 @@
 """Multi-head scaled dot-product self-attention with one fused qkv projection.
 Implements numpyvit.reference.attention_forward / attention_backward (docs/math.md, sections 5-6).
 
-Shapes: B batch, N tokens, D width, H heads, d = D / H head width.
+Shapes (docs/math.md's notation): B batch, T tokens, D width, h heads (``num_heads``),
+Dh = D / h head width (``head_dim``).
 
-Forward:   [q, k, v] = split(x Wqkv^T + bqkv)         each (B, H, N, d)
-           s = (q / sqrt(d)) k^T                       (B, H, N, N)  scores
+Forward:   [q | k | v] = x Wqkv^T + bqkv               q, k, v each (B, h, T, Dh): q, k, v in that
+                                                       order, heads inside each (timm's layout)
+           s = (q / sqrt(Dh)) k^T                      (B, h, T, T)  scores
            p = softmax(s)  (over the last axis)        attention probabilities
-           p' = dropout(p) = p * m / (1 - r)           m a random 0/1 mask, r the attention dropout rate
-           o = p' v                                    (B, H, N, d)
-           y = dropout(concat_heads(o) Wproj^T + bproj)   (B, N, D)
-Backward:  dp' = do v^T,  dv = p'^T do                 (through o = p' v)
-           dp = dp' * m / (1 - r)                      (dropout's backward; dp = dp' without dropout)
-           ds_ij = p_ij (dp_ij - sum_k dp_ik p_ik)     (softmax backward, row i)
-           where sum_k dp_ik p_ik = sum_k dp'_ik p'_ik = sum_k (do_i . v_k) p'_ik = do_i . o_i,
-           a sum over d values instead of N (FlashAttention's D_i; the first step holds because
-           dp_ik p_ik = dp'_ik (m_ik / (1 - r)) p_ik = dp'_ik p'_ik)
-           dq = ds k / sqrt(d),  dk = ds^T (q / sqrt(d))
-           then back through the qkv Linear with dqkv = [dq, dk, dv].
-Caches: the qkv output (holding q, k, v as views), q / sqrt(d), p, p' (p itself without
+           p' = dropout(p) = p * keep / (1 - rate)     keep a random 0/1 mask, rate attn_drop
+           o = p' v                                    (B, h, T, Dh)
+           y = dropout(concat_heads(o) Wproj^T + bproj)   (B, T, D)
+Backward:  do = split_heads(dconcat), dconcat = dy' Wproj   (through the projection; dy' = dy
+                                                       after the output dropout's backward)
+           dp' = do v^T,  dv = p'^T do                 (through o = p' v)
+           dp = dp' * keep / (1 - rate)                (dropout's backward; dp = dp' without dropout)
+           ds_ij = p_ij (dp_ij - R_i),  R_i = sum_k dp_ik p_ik   (softmax backward, row i)
+           where R_i = sum_k dp'_ik p'_ik = sum_k (do_i . v_k) p'_ik = do_i . o_i,
+           a sum over Dh values instead of T (FlashAttention's D_i; the first step holds because
+           dp_ik p_ik = dp'_ik (keep_ik / (1 - rate)) p_ik = dp'_ik p'_ik)
+           dq = ds k / sqrt(Dh),  dk = ds^T (q / sqrt(Dh))
+           then back through the qkv Linear with dqkv = [dq | dk | dv] in the forward's layout.
+Caches: the qkv output (holding q, k, v as views), q / sqrt(Dh), p, p' (p itself without
 dropout) and o. The cached p doubles as the attention map: set ``record = True`` and the
 forward keeps the last p in ``recorded`` even in eval mode (numpyvit.viz uses this).
 ``first_tokens=Q`` computes the output of the first Q tokens only (q and p have Q rows, k and v all N):

@@ -1,12 +1,14 @@
 """Dropout and DropPath (stochastic depth): random zeroing in training, identity in eval.
+Implements numpyvit.reference.dropout_forward / dropout_backward and drop_path_forward /
+drop_path_backward (docs/math.md, section 13).
 
 Shapes: x, y any shape; DropPath's mask is one value per sample, (B, 1, ..., 1).
 
-Dropout:   y = x * m / (1 - p),  m ~ Bernoulli(1 - p) per element
-DropPath:  y = x * m / (1 - p),  m ~ Bernoulli(1 - p) per sample: a residual branch is
-           dropped for whole images (Huang et al. 2016), as in timm's DropPath
-Backward (both): dx = dy * m / (1 - p), the same mask.
-Caches: the scaled mask.
+Dropout:   y = x * keep / (1 - rate),  keep ~ Bernoulli(1 - rate) per element
+DropPath:  y = x * keep / (1 - rate),  keep ~ Bernoulli(1 - rate) per sample: a residual branch
+           is dropped for whole images (Huang et al. 2016), as in timm's DropPath
+Backward (both): dx = dy * keep / (1 - rate), the same mask (a constant of the step).
+Caches: the scaled mask. (``p`` is the drop rate, as in PyTorch's ``Dropout(p)``.)
 
 Each layer draws from its own generator ``self.rng``; ``model.seed(s)`` resets every one,
 so a seeded run (and a gradient check) sees the same masks every time.

@@ -1,25 +1,26 @@
 """Layer normalization over the last axis (timm's eps 1e-6).
 Implements numpyvit.reference.layernorm_forward / layernorm_backward (docs/math.md, section 4).
 
-Shapes: x, y (..., D), read as M = x.size / D rows of D; weight g and bias beta (D,).
+Shapes: x, y (..., D), read as M = x.size / D rows of D; weight gamma and bias beta (D,)
+(timm's ``weight`` and ``bias``).
 
 Forward, each row on its own (mean(.) is the mean over that row's D values):
-           mu = mean(x),  rstd = 1 / sqrt(mean((x - mu)^2) + eps)
-           xhat = (x - mu) * rstd,  y = xhat * g + beta
-Backward:  dg += sum over all M rows of dy * xhat,  dbeta += sum over all M rows of dy   (each (D,))
-           dxhat = dy * g
+           mean = mean(x),  rstd = 1 / sqrt(mean((x - mean)^2) + eps)     (rho in docs/math.md)
+           xhat = (x - mean) * rstd,  y = xhat * gamma + beta
+Backward:  dgamma += sum over all M rows of dy * xhat,  dbeta += sum over all M rows of dy   (D,)
+           dxhat = dy * gamma
            dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))    (means per row again)
-Caches: xhat (..., D) and rstd (..., 1): x and mu are not needed again, because the
+Caches: xhat (..., D) and rstd (..., 1): x and its mean are not needed again, because the
 backward formula is written in terms of the normalized input.
 
-Speed: folding g and beta into the next Linear (W (out, D), b). ``normalize(x)`` returns xhat
-alone, and the Linear multiplies it by W' = W diag(g) with bias b' = b + W beta (``folded``):
-(xhat diag(g) + beta) W^T + b = xhat W'^T + b'. That costs O(D x out) per call instead of two
+Speed: folding gamma and beta into the next Linear (W (out, D), b). ``normalize(x)`` returns xhat
+alone, and the Linear multiplies it by W' = W diag(gamma) with bias b' = b + W beta (``folded``):
+(xhat diag(gamma) + beta) W^T + b = xhat W'^T + b'. That costs O(D x out) per call instead of two
 passes over every activation. The Linear's backward gives dxhat = dy W', dW' = dy^T xhat and
 db' = sum over rows of dy (out,); by the chain rule (``folded_backward``)
-           dW = dW' diag(g) + outer(db', beta),   db = db',
-           dg[i] = sum_o dW'[o, i] W[o, i],   dbeta = W^T db'.
-The backward of ``normalize`` takes dxhat and skips the dg / dbeta sums. Folding pays when the
+           dW = dW' diag(gamma) + outer(db', beta),   db = db',
+           dgamma[i] = sum_o dW'[o, i] W[o, i],   dbeta = W^T db'.
+The backward of ``normalize`` takes dxhat and skips the dgamma / dbeta sums. Folding pays when the
 activations outnumber the weights' rows (M >= out): it reads and writes W a few times per call,
 where applying g and beta costs two passes over the (M, D) activations (cheap ones: done while
 each piece of rows is in cache). ``input_for`` picks the cheaper.

@@ -1,7 +1,7 @@
 """The transformer MLP: Linear -> activation -> dropout -> Linear -> dropout.
 Implements numpyvit.reference.mlp_forward / mlp_backward (docs/math.md, section 8).
 
-Shapes: x, y (B, N, D); hidden (B, N, D * mlp_ratio).
+Shapes: x, y (B, T, D); hidden (B, T, F), F = D * mlp_ratio.
 
 Forward:   y = drop(fc2(drop(act(fc1(x)))))
 Backward:  the chain rule through the same layers in reverse; each layer caches its own
