@@ -19,3 +19,16 @@ def test_readme_shows_the_install_and_test_commands_ci_runs():
 
 def test_readme_quickstart_trains_with_the_demo():
     assert "python demos/train_mnist.py" in (ROOT / "README.md").read_text()
+
+
+def test_the_readme_stays_a_front_door():
+    assert len((ROOT / "README.md").read_text().splitlines()) < 250   # the long tables live in docs/
+
+
+def test_every_relative_link_of_the_docs_resolves():
+    pages = [ROOT / "README.md", ROOT / "CONTRIBUTING.md", *sorted((ROOT / "docs").glob("*.md"))]
+    broken = [f"{page.name}: {target}" for page in pages
+              for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text())
+              if not target.startswith(("http://", "https://", "mailto:"))
+              and not (page.parent / target).exists()]
+    assert not broken, broken
