@@ -299,3 +299,27 @@ def test_fast_dropout_layers_equal_the_reference_with_their_mask(rng, layer):
     assert 0 < keep.mean() < 1
     assert relative_difference(y, expected) <= PIN_RTOL
     assert relative_difference(module.backward(dy), backward(dy, cache)) <= PIN_RTOL
+
+
+def test_math_md_section_9_the_final_layernorm_is_in_the_path(rng):
+    """docs/math.md, section 9: with [CLS] pooling, dz_L[:, 0] is the final LayerNorm's backward of
+    dc (dc = dlogits W_head), and the other tokens get nothing; dz_L[:, 0] = dc (the earlier text)
+    skips the LayerNorm and is wrong."""
+    B, T, D, K = 3, 5, 6, 4
+    z_L, gamma, beta = rng.standard_normal((B, T, D)), rng.standard_normal(D), rng.standard_normal(D)
+    W_head, b_head, dlogits = rng.standard_normal((K, D)), rng.standard_normal(K), rng.standard_normal((B, K))
+
+    def loss():
+        c = ref.layernorm_forward(z_L, gamma, beta)[0][:, 0]           # c = LN(z_L)[:, 0]
+        return float(((c @ W_head.T + b_head) * dlogits).sum())
+
+    _, cls_cache = ref.layernorm_forward(z_L[:, 0], gamma, beta)      # the [CLS] rows alone
+    dc = dlogits @ W_head                                             # the head's backward
+    formula = np.zeros_like(z_L)
+    formula[:, 0] = ref.layernorm_backward(dc, cls_cache)[0]
+    numeric = central_differences(loss, z_L, 1e-6, np.arange(z_L.size)).reshape(z_L.shape)
+    assert np.abs(formula - numeric).max() / np.abs(numeric).max() < 1e-7
+    assert np.abs(numeric[:, 1:]).max() < 1e-8                        # the patch tokens get no gradient
+    skipped = np.zeros_like(z_L)
+    skipped[:, 0] = dc
+    assert np.abs(skipped - numeric).max() / np.abs(numeric).max() > 0.1
