@@ -76,48 +76,24 @@ def _number(text, kind):
     return value
 
 
-def positive_int(text):
-    value = _number(text, int)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not a positive whole number (1 or more)")
-    return value
+def _number_in(kind, accepts, refusal, name):
+    """An argparse type: ``text`` as a ``kind`` (int or finite float) that ``accepts``; else
+    ArgumentTypeError with ``refusal`` (formatted with the value)."""
+    def check(text):
+        value = _number(text, kind)
+        if not accepts(value):
+            raise argparse.ArgumentTypeError(refusal.format(value))
+        return value
+    check.__name__ = name
+    return check
 
 
-def nonnegative_int(text):
-    value = _number(text, int)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} is negative")
-    return value
-
-
-def positive_float(text):
-    value = _number(text, float)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{value:g} is not above 0")
-    return value
-
-
-def nonnegative_float(text):
-    value = _number(text, float)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value:g} is negative")
-    return value
-
-
-def fraction(text):
-    """A share in [0, 1): a rate of dropout or smoothing."""
-    value = _number(text, float)
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"{value:g} is not in [0, 1)")
-    return value
-
-
-def probability(text):
-    """A share in [0, 1]."""
-    value = _number(text, float)
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"{value:g} is not in [0, 1]")
-    return value
+positive_int = _number_in(int, lambda v: v >= 1, "{} is not a positive whole number (1 or more)", "positive_int")
+nonnegative_int = _number_in(int, lambda v: v >= 0, "{} is negative", "nonnegative_int")
+positive_float = _number_in(float, lambda v: v > 0, "{:g} is not above 0", "positive_float")
+nonnegative_float = _number_in(float, lambda v: v >= 0, "{:g} is negative", "nonnegative_float")
+fraction = _number_in(float, lambda v: 0 <= v < 1, "{:g} is not in [0, 1)", "fraction")       # a rate
+probability = _number_in(float, lambda v: 0 <= v <= 1, "{:g} is not in [0, 1]", "probability")   # a share
 
 
 def folder(text):
