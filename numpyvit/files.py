@@ -55,7 +55,7 @@ def open_regular_file(path, max_bytes, what="file"):
     except OSError as error:
         raise InputError(f"{what} {path} cannot be opened: {error.strerror}") from None
     info = os.fstat(fd)
-    problem = (f"is not a regular file (a FIFO, a device or a folder?)" if not stat.S_ISREG(info.st_mode) else
+    problem = ("is not a regular file (a FIFO, a device or a folder?)" if not stat.S_ISREG(info.st_mode) else
                f"is {info.st_size:,} bytes; numpyvit reads at most {max_bytes:,}" if info.st_size > max_bytes else None)
     if problem:
         os.close(fd)

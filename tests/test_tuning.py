@@ -322,7 +322,7 @@ def test_a_cache_that_is_no_regular_file_or_too_big_never_hangs_or_crashes(tuned
         tuned.write_bytes(b" " * (cache.MAX_BYTES + 1))
     m = model()
     m(images())
-    assert m.runner.strategy(6) in tuning.STRATEGIES
+    assert m.runner.strategy(6) in cache.STRATEGIES
     assert "numpyvit: ignoring the tuning cache" in capsys.readouterr().err
     if kind != "folder":                                             # replaced by a good file
         assert len(json.loads(tuned.read_text())) == 1

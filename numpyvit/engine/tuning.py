@@ -44,7 +44,6 @@ disagree with by more than DISAGREE times is dropped and taken again, once. The 
 """
 import contextlib
 import json
-import os
 import platform
 import sys
 import threading
@@ -57,7 +56,7 @@ from .. import environment, parallel
 from ..grad_mode import grad_enabled
 from ..per_thread import PerThread
 from ..version import __version__
-from .cache import STRATEGIES, cache_path, load_cache, write_cache
+from .cache import cache_path, load_cache, write_cache
 from .calibration import best_time, calibrate_settings
 from .workers import SUPPORTED as PROCESSES_SUPPORTED, SharedMemoryError
 
