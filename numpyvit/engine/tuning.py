@@ -84,10 +84,6 @@ _rechecked = set()                     # workload keys measured again after a di
 _lock = threading.RLock()
 
 
-def tuning_enabled():
-    return environment.tuning_enabled()
-
-
 def machine():
     """A description of what makes timings differ between machines (the cache's key)."""
     blas = [dict(api=lib.internal_api, version=lib.version, kernel=getattr(lib, "architecture", None))
@@ -140,7 +136,7 @@ def apply_settings():
         if _state["settings_applied"]:
             return
         _state["settings_applied"] = True
-        if not tuning_enabled():
+        if not environment.tuning_enabled():
             return
         saved = machine_entry().get("settings")
         if saved is None:
@@ -214,7 +210,7 @@ def choose_strategy(model, batch):
         return strategies[0]
     with _counted():
         apply_settings()                                             # measures the sizes the first time
-    if not tuning_enabled():
+    if not environment.tuning_enabled():
         return default_strategy(batch, threads)
     training = model.training and grad_enabled()
     key = workload_key(model.config, batch, training, threads)
@@ -315,9 +311,9 @@ def observe_step(model, batch, seconds):
     """The training loop's timing of one step of ``batch`` images (forward, backward, optimizer;
     measuring left out). The median seconds an image of STEPS_TO_CHECK steps (after the first two)
     is compared with what measuring found for the strategy in use; when they disagree by more
-    than DISAGREE times either way, the cached probe and decision were taken on a busy (or another)
-    machine: they are dropped, one line says so, and the next step measures again (once a workload
-    a process)."""
+    than DISAGREE times either way, the cached decision was taken on a busy (or another) machine:
+    it is dropped, one line says so, and the next step measures again (once a workload a
+    process)."""
     threads = parallel.num_threads()
     key = workload_key(model.config, batch, True, threads)
     if key in _rechecked or key not in _decisions or forced_strategy():
