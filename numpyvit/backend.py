@@ -11,7 +11,7 @@ import numpy as np
 from . import environment
 from .errors import InputError
 
-BACKENDS = ("numpy", "cupy")
+BACKENDS = environment.BACKENDS
 ENV_VAR = "NUMPYVIT_BACKEND"
 
 

@@ -112,11 +112,3 @@ def png_file(text):
     if path.suffix.lower() != ".png":
         raise argparse.ArgumentTypeError(f"{text} does not end in .png: name the PNG file to write")
     return path
-
-
-def existing_path(text):
-    """A file or folder that exists (a run folder, a weights file, an image folder)."""
-    path = Path(text).expanduser()
-    if not path.exists():
-        raise argparse.ArgumentTypeError(f"{text} does not exist")
-    return path

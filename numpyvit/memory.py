@@ -21,17 +21,14 @@ import os
 import numpy as np
 
 from .errors import ConfigError
+from .layers.patch_embed import to_pair
 
 PER_BLOCK = 4096                       # bytes of Python objects and array headers per block
 
 
-def _pair(value):
-    return (value, value) if isinstance(value, (int, np.integer)) else tuple(value)
-
-
 def _sizes(config):
     """(tokens T, patches N, D, F, L, heads, bytes a number) of a config whose sizes are valid."""
-    (H, W), (P, Q) = _pair(config["img_size"]), _pair(config["patch_size"])
+    (H, W), (P, Q) = to_pair(config["img_size"], "img_size"), to_pair(config["patch_size"], "patch_size")
     N = (H // P) * (W // Q)
     D, L = config["embed_dim"], config["depth"]
     return N + 1, N, D, int(D * config["mlp_ratio"]), L, config["num_heads"], np.dtype(config["dtype"]).itemsize
@@ -39,8 +36,8 @@ def _sizes(config):
 
 def parameter_count(config):
     T, N, D, F, L, _, _ = _sizes(config)
-    (P, Q), C, K = _pair(config["patch_size"]), config["in_chans"], config["num_classes"]
-    grid = (_pair(config["img_size"])[0] // P, _pair(config["img_size"])[1] // Q)
+    (H, W), (P, Q) = to_pair(config["img_size"], "img_size"), to_pair(config["patch_size"], "patch_size")
+    C, K, grid = config["in_chans"], config["num_classes"], (H // P, W // Q)
     position = {"learned": T * D, "learned_2d": (grid[0] + grid[1]) * D, "sincos": 0}[config["pos_embed"]]
     block = 4 * D + 3 * D * D + 3 * D * bool(config["qkv_bias"]) + D * D + D + 2 * D * F + F + D
     return C * P * Q * D + D + D + position + L * block + 2 * D + D * K + K
