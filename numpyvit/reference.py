@@ -203,55 +203,86 @@ def softmax_backward(dp, cache):
 
 
 # ----- Multi-head self-attention -----------------------------------------------------------------
-def attention_forward(x, W_qkv, b_qkv, W_proj, b_proj, num_heads):
-    """x (B, T, D), W_qkv (3D, D), b_qkv (3D,) or None, W_proj (D, D), b_proj (D,) -> y (B, T, D):
-    every token attends to every token, in num_heads heads of width Dh = D / num_heads."""
-    B, T, D = x.shape
-    Dh = D // num_heads
-    # (B, T, 3D): [q | k | v], heads inside each
-    qkv, qkv_cache = linear_forward(x, W_qkv, b_qkv)
+def split_heads(qkv, num_heads):
+    """qkv (B, T, 3D), the fused Linear's output -> q, k, v, each (B, num_heads, T, Dh)."""
+    B, T, three_D = qkv.shape
+    Dh = three_D // (3 * num_heads)
     # split the columns: which, head, channel
     qkv = qkv.reshape(B, T, 3, num_heads, Dh)
     # (3, B, num_heads, T, Dh): one matrix a head
     qkv = qkv.transpose(2, 0, 3, 1, 4)
-    q, k, v = qkv[0], qkv[1], qkv[2]
-    # (B, num_heads, T, T) scores; k^T per head
-    s = q @ k.swapaxes(-1, -2) / math.sqrt(Dh)
+    return qkv[0], qkv[1], qkv[2]
+
+
+def merge_heads(o):
+    """o (B, num_heads, T, Dh) -> (B, T, D): the heads side by side, head 1's Dh columns first."""
+    B, num_heads, T, Dh = o.shape
+    return o.transpose(0, 2, 1, 3).reshape(B, T, num_heads * Dh)
+
+
+def scores_forward(q, k):
+    """q, k (B, num_heads, T, Dh) -> s (B, num_heads, T, T) = q k^T / sqrt(Dh): how well each
+    query matches each key."""
+    Dh = q.shape[-1]
+    return q @ k.swapaxes(-1, -2) / math.sqrt(Dh), (q, k)
+
+
+def scores_backward(ds, cache):
+    """ds (B, num_heads, T, T) -> dq, dk (B, num_heads, T, Dh)."""
+    q, k = cache
+    Dh = q.shape[-1]
+    # forward: s = q k^T / sqrt(Dh)
+    dq = ds @ k / math.sqrt(Dh)
+    dk = ds.swapaxes(-1, -2) @ q / math.sqrt(Dh)                     # ... and the same for k
+    return dq, dk
+
+
+def weighted_values_forward(p, v):
+    """p (B, num_heads, T, T), v (B, num_heads, T, Dh) -> o = p v (B, num_heads, T, Dh): each
+    token's output is the average of the values, weighted by its row of p."""
+    return p @ v, (p, v)
+
+
+def weighted_values_backward(do, cache):
+    """do (B, num_heads, T, Dh) -> dp (B, num_heads, T, T), dv (B, num_heads, T, Dh)."""
+    p, v = cache
+    # forward: o = p v, so dp = do v^T
+    dp = do @ v.swapaxes(-1, -2)
+    dv = p.swapaxes(-1, -2) @ do                                     # ... and dv = p^T do
+    return dp, dv
+
+
+def attention_forward(x, W_qkv, b_qkv, W_proj, b_proj, num_heads):
+    """x (B, T, D), W_qkv (3D, D), b_qkv (3D,) or None, W_proj (D, D), b_proj (D,) -> y (B, T, D):
+    every token attends to every token, in num_heads heads of width Dh = D / num_heads."""
+    # (B, T, 3D): [q | k | v], heads inside each
+    qkv, qkv_cache = linear_forward(x, W_qkv, b_qkv)
+    q, k, v = split_heads(qkv, num_heads)                            # (B, num_heads, T, Dh) each
+    s, scores_cache = scores_forward(q, k)                           # (B, num_heads, T, T)
     p, softmax_cache = softmax_forward(s)                            # each row sums to 1
-    # (B, num_heads, T, Dh) weighted values
-    o = p @ v
-    # (B, T, num_heads, Dh): heads side by side
-    heads = o.transpose(0, 2, 1, 3).reshape(B, T, D)
-    y, proj_cache = linear_forward(heads, W_proj, b_proj)
-    return y, (qkv_cache, proj_cache, softmax_cache, q, k, v)
+    o, values_cache = weighted_values_forward(p, v)                  # (B, num_heads, T, Dh)
+    y, proj_cache = linear_forward(merge_heads(o), W_proj, b_proj)
+    return y, (qkv_cache, scores_cache, softmax_cache, values_cache, proj_cache)
 
 
 def attention_backward(dy, cache):
     """dy (B, T, D) -> dx (B, T, D), dW_qkv (3D, D), db_qkv (3D,) or None, dW_proj (D, D),
     db_proj (D,)."""
-    qkv_cache, proj_cache, softmax_cache, q, k, v = cache
-    p = softmax_cache                                                # softmax kept p itself
-    B, num_heads, T, Dh = q.shape
+    qkv_cache, scores_cache, softmax_cache, values_cache, proj_cache = cache
+    B, num_heads, T, Dh = values_cache[1].shape                     # v's shape
     xp = array_module(dy)
     # forward: y = heads W_proj^T + b_proj
     dheads, dW_proj, db_proj = linear_backward(dy, proj_cache)
-    # forward: heads was o side by side ...
-    do = dheads.reshape(B, T, num_heads, Dh)
-    # ... (B, num_heads, T, Dh), one per head
-    do = do.transpose(0, 2, 1, 3)
-    # forward: o = p v, so dp = do v^T
-    dp = do @ v.swapaxes(-1, -2)
-    dv = p.swapaxes(-1, -2) @ do                                     # ... and dv = p^T do
+    # forward: heads was o side by side (merge_heads), so split them: (B, num_heads, T, Dh)
+    do = dheads.reshape(B, T, num_heads, Dh).transpose(0, 2, 1, 3)
+    # forward: o = p v
+    dp, dv = weighted_values_backward(do, values_cache)
     # forward: p = softmax(s), row by row
     ds = softmax_backward(dp, softmax_cache)
     # forward: s = q k^T / sqrt(Dh)
-    dq = ds @ k / math.sqrt(Dh)
-    dk = ds.swapaxes(-1, -2) @ q / math.sqrt(Dh)                     # ... and the same for k
-    dqkv = xp.stack([dq, dk, dv])                                    # (3, B, num_heads, T, Dh)
-    # forward: qkv.transpose(2, 0, 3, 1, 4) undone
-    dqkv = dqkv.transpose(1, 3, 0, 2, 4)
-    # forward: the column split undone
-    dqkv = dqkv.reshape(B, T, 3 * num_heads * Dh)
+    dq, dk = scores_backward(ds, scores_cache)
+    # forward: split_heads undone, [dq | dk | dv] back in the fused columns: (B, T, 3D)
+    dqkv = xp.concatenate([merge_heads(dq), merge_heads(dk), merge_heads(dv)], axis=-1)
     # forward: qkv = x W_qkv^T + b_qkv
     dx, dW_qkv, db_qkv = linear_backward(dqkv, qkv_cache)
     return dx, dW_qkv, db_qkv, dW_proj, db_proj

@@ -100,6 +100,24 @@ def test_attention(rng):
                 [0, 1, 2, 3, 4])
 
 
+@pytest.mark.parametrize("pair", ["scores", "weighted_values"])
+def test_attention_steps(rng, pair):
+    """The two products inside attention, each a pair of its own (the explorer shows them)."""
+    forward, backward = getattr(ref, f"{pair}_forward"), getattr(ref, f"{pair}_backward")
+    first = rng.standard_normal((2, 3, 4, 5 if pair == "scores" else 4))    # q, or p (B, h, T, T)
+    check_layer(forward, backward, [first, rng.standard_normal((2, 3, 4, 5))], rng, [0, 1])
+
+
+def test_split_heads_is_undone_by_merge_heads(rng):
+    B, T, heads, Dh = 2, 4, 3, 5
+    qkv = rng.standard_normal((B, T, 3 * heads * Dh))
+    q, k, v = ref.split_heads(qkv, heads)
+    assert q.shape == (B, heads, T, Dh)
+    np.testing.assert_array_equal(k[:, 1], qkv[..., heads * Dh + Dh:heads * Dh + 2 * Dh])   # k of head 1
+    merged = np.concatenate([ref.merge_heads(q), ref.merge_heads(k), ref.merge_heads(v)], axis=-1)
+    np.testing.assert_array_equal(merged, qkv)
+
+
 @pytest.mark.parametrize("act", ["gelu", "gelu_tanh", "relu"])
 def test_mlp(rng, act):
     x = rng.standard_normal((2, 3, 4))
