@@ -104,11 +104,20 @@ def folder(text):
     return path
 
 
-def png_file(text):
-    """A .png file to write: not a folder, and named .png (nothing added to the name silently)."""
-    path = Path(text).expanduser()
-    if path.is_dir():
-        raise argparse.ArgumentTypeError(f"{text} is a folder: name the .png file to write, e.g. {path / 'plot.png'}")
-    if path.suffix.lower() != ".png":
-        raise argparse.ArgumentTypeError(f"{text} does not end in .png: name the PNG file to write")
-    return path
+def output_file(suffix, kind):
+    """An argparse type: a ``kind`` file to write, named ``*suffix`` (nothing added to the name
+    silently) and not a folder."""
+    def check(text):
+        path = Path(text).expanduser()
+        if path.is_dir():
+            raise argparse.ArgumentTypeError(f"{text} is a folder: name the {suffix} file to write, "
+                                             f"e.g. {path / ('out' + suffix)}")
+        if path.suffix.lower() != suffix:
+            raise argparse.ArgumentTypeError(f"{text} does not end in {suffix}: name the {kind} file to write")
+        return path
+    check.__name__ = f"{suffix[1:]}_file"
+    return check
+
+
+png_file = output_file(".png", "PNG")
+html_file = output_file(".html", "HTML")

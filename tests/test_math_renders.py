@@ -1,5 +1,5 @@
 """docs/math.md renders: every formula goes through KaTeX (a real TeX-math engine, the one browsers
-run; vendored in docs/vendor/katex, MIT) with errors as failures, and only the syntax GitHub keeps
+run; vendored in numpyvit/viz/vendor/katex, MIT, for the explorer page) with errors as failures, and only the syntax GitHub keeps
 intact is used: ```math blocks and $`...`$ inline. GitHub's Markdown pass runs before its math and
 eats backslash escapes in plain $...$ (github/markup issues 1547 and 1746: \\, and \\; vanish,
 \\{ becomes {), so a bare $...$ or $$...$$ is refused here too.
@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-DOCS = Path(__file__).resolve().parents[1] / "docs"
-KATEX = DOCS / "vendor" / "katex" / "katex.min.js"
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+KATEX = ROOT / "numpyvit" / "viz" / "vendor" / "katex" / "katex.min.js"
 BLOCK = re.compile(r"^[ \t]*```math\n(.*?)^[ \t]*```", re.S | re.M)
 INLINE = re.compile(r"\$`(.+?)`\$")
 RENDER = """
