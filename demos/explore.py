@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 import numpyvit
-from numpyvit import cli, data, viz
+from numpyvit import cli, data, reference, viz
 from numpyvit.data import prepare_photos
 from numpyvit.data.datasets import MEAN_STD
 from numpyvit.errors import InputError
@@ -87,12 +87,18 @@ def photo(args, model, meta):
     return prepare_photos([args.photo], model)[0][0]
 
 
+def predicted(model, x):
+    """The class the model predicts for x (C, H, W), by the textbook (in float64, as the page)."""
+    params = {name: np.asarray(value, dtype=np.float64) for name, value in model.state_dict().items()}
+    return int(np.argmax(reference.vit_forward(params, np.asarray(x, dtype=np.float64)[None], model.config)[0]))
+
+
 def example(args, model, meta):
     """(image (C, H, W) as the model sees it, target label, class names, where it came from)."""
     if args.photo:
         x = photo(args, model, meta)
         names = list(meta.get("data", {}).get("classes") or class_names(model))
-        label = int(np.argmax(viz.predict(model, x[None])[0])) if args.label is None else args.label
+        label = predicted(model, x) if args.label is None else args.label
         return x, label, names, Path(args.photo).name
     channels, size = model.patch_embed.in_chans, model.patch_embed.img_size
     name = args.dataset or meta.get("dataset", "mnist")
@@ -125,9 +131,9 @@ def explore(args):
     out = args.out or default_out
     with atomic_file(out) as f:
         f.write(html.encode("utf-8"))
-    worst = max(e for op in step.ops for e in op.check.values())
     print(f"{out}: {report['bytes'] / 1e6:.2f} MB, {len(step.ops)} ops, loss {step.loss:.4f} for target "
-          f"{names[label]}, largest gradient-check error {worst:.1e} ({time.perf_counter() - start:.1f} s)")
+          f"{names[label]}, largest gradient-check error {report['worst_check']:.1e} "
+          f"({time.perf_counter() - start:.1f} s)")
     for what in report["left_out"]:
         print(f"left out: {what}")
     return 0

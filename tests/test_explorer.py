@@ -130,7 +130,7 @@ def test_a_wrong_backward_fails_its_op_check(monkeypatch):
     model = small_model(depth=1)
     monkeypatch.setattr(reference, "softmax_backward", lambda dp, p: p * dp)
     step = record_step(model.state_dict(), model.config, np.ones((1, 28, 28)), 1)
-    errors = {op.key: max(op.check.values()) for op in step.ops if op.check}
+    errors = {op.key: max(op.gradient_check().values()) for op in step.ops if op.gradient_check()}
     assert errors["blocks.0.attn.softmax"] > 1e-2
     assert errors["blocks.0.attn.scores"] < 1e-6                     # the others still agree with themselves
 
@@ -190,8 +190,11 @@ def test_a_big_model_is_detailed_in_part_and_says_so(monkeypatch):
     raw = json.loads(re.search(r'type="application/json">(.*?)</script>', html, re.S).group(1).replace("<\\/", "</"))
     fc1_raw = next(op for op in raw["ops"] if op["key"] == "blocks.3.mlp.fc1")
     assert fc1_raw["out"]["shape"] == [17, 200 // 17] and fc1_raw["out"]["full_shape"] == [17, 96]
+    assert "check" not in next(op for op in raw["ops"] if op["key"] == "blocks.1.mlp.fc1")       # not detailed
+    assert next(op for op in step.ops if op.key == "blocks.1.mlp.fc1").check is None          # nor checked
     softmax_raw = next(op for op in raw["ops"] if op["key"] == "blocks.0.attn.softmax")
     assert softmax_raw["out"]["shape"] == [3, 800 // (3 * 17), 17]    # whole rows of the 3 heads
+    assert softmax_raw["out"]["full_shape"] == [6, 17, 17]             # of all 6 heads, as its norm
     html, report = explorer_html(step, DIGITS, blocks=[2], heads=[5])  # asked for: kept
     assert report["blocks"] == [2] and report["heads"] == [5]
     with pytest.raises(ValueError, match="the model has 4 blocks"):

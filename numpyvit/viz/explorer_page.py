@@ -33,7 +33,7 @@ KATEX = Path(__file__).parent / "vendor" / "katex"
 MATH_MD = Path(reference.__file__).parent.parent / "docs" / "math.md"   # in a source checkout
 BUDGET_BYTES = 5_000_000
 DEFAULT_HEADS = 3
-CROPPED_ELEMENTS = 16_384
+CROPPED_ELEMENTS = 8_192
 
 
 @dataclass(frozen=True)
@@ -232,11 +232,13 @@ def detail_plan(step, blocks=None, heads=None):
 def op_entry(op, step, heads, crop):
     """The JSON of one op: its tensors (heads selected, cropped), its check, its parameters."""
     kind = KINDS[op.kind]
-    out, dout = op.out, op.dout
-    if kind.layout in ("attention", "heads"):
-        out, dout = out[heads], dout[heads]
+    per_head = kind.layout in ("attention", "heads")                 # (h, T, ...): the heads chosen
     layout_cap = None if kind.layout == "image" or crop is None else crop * (4 if kind.layout == "attention" else 1)
-    whole_rows = kind.layout == "attention"
+
+    def shown(a):
+        """a's heads chosen, cropped; with the norm and shape of all of it."""
+        entry = tensor(a[heads] if per_head else a, layout_cap, whole_rows=kind.layout == "attention")
+        return dict(entry, norm=norm(a), full_shape=list(a.shape))
     params = [{"name": name, "value": {"norm": norm(value)},
                "grad": tensor(grad[0] if grad.ndim == 3 else grad, crop),             # (1, T, D) -> (T, D)
                "step": norm(step.updates[name])}
@@ -244,8 +246,8 @@ def op_entry(op, step, heads, crop):
     arg_names = [op.param_names[i] if i < len(op.param_names) and op.param_names[i] else kind.args[i]
                  for i in range(len(kind.args))]
     return {"key": op.key, "kind": op.kind, "group": op.group,
-            "out": tensor(out, layout_cap, whole_rows), "dout": tensor(dout, layout_cap, whole_rows),
-            "check": [{"tensor": arg_names[i], "error": error} for i, error in sorted(op.check.items())],
+            "out": shown(op.out), "dout": shown(op.dout),
+            "check": [{"tensor": arg_names[i], "error": error} for i, error in sorted(op.gradient_check().items())],
             "params": params}
 
 
@@ -306,5 +308,6 @@ def explorer_html(step, class_names, blocks=None, heads=None, title="numpyvit ex
     html = template
     for name, text in parts.items():
         html = html.replace("{{" + name + "}}", text)
+    checked = [c["error"] for op in data["ops"] for c in op.get("check", [])]
     return html, {"bytes": len(html.encode("utf-8")), "blocks": blocks, "heads": heads,
-                  "left_out": data["left_out"]}
+                  "left_out": data["left_out"], "worst_check": max(checked, default=0.0)}

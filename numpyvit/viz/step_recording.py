@@ -146,7 +146,16 @@ class Op:
     out: np.ndarray             # the forward output, without the batch axis
     dout: np.ndarray            # the gradient arriving at it, the same shape
     param_names: tuple = ()     # per argument: the model parameter's name, or None
-    check: dict = field(default_factory=dict)            # {tensor name: relative error}
+    check: dict = None          # {argument index: relative error}, once gradient_check ran
+
+    def gradient_check(self, seed=0):
+        """{argument index: relative error} of this op's backward on this step (see the module
+        docstring), computed on first use: a page that details only some ops checks only those."""
+        if self.check is None:
+            dout = self.dout[None] if self.dout.ndim else self.dout          # the batch axis back
+            self.check = directional_check(self.forward, self.args, self.grads, dout,
+                                           np.random.default_rng(seed))
+        return self.check
 
     def parameters(self):
         """{name: (value, gradient)} of the model parameters among the arguments."""
@@ -250,10 +259,10 @@ class Step:
 
 
 def record_step(params, config, image, label, lr=1e-3, weight_decay=0.05, label_smoothing=0.0,
-                clip_norm=None, seed=0):
+                clip_norm=None):
     """The Step of ``params`` ({timm name: array}, NumPy or CuPy) and ``config`` (``model.config``)
     on ``image`` (C, H, W) with target class ``label``: forward, the label-smoothed loss,
-    backward, every op's gradient check, and AdamW's first step (zero moments) with ``lr`` and
+    backward, and AdamW's first step (zero moments) with ``lr`` and
     ``weight_decay`` after the gradients are clipped to a global norm of ``clip_norm`` (if given)
     as training does (numpyvit.optim.clip_grad_norm)."""
     params = {name: np.array(to_numpy(value), dtype=np.float64) for name, value in params.items()}
@@ -264,10 +273,6 @@ def record_step(params, config, image, label, lr=1e-3, weight_decay=0.05, label_
         dlogits = reference.cross_entropy_backward(1.0, loss_cache)
         grads, dx = reference.vit_backward(dlogits, cache, input_grad=True)
     ops = page_ops(root, x, dx, config)
-    rng = np.random.default_rng(seed)
-    for op in ops:
-        dout = op.dout[None] if op.dout.ndim else op.dout             # the batch axis back
-        op.check = directional_check(op.forward, op.args, op.grads, dout, rng)
     grad_norm = float(np.sqrt(sum(np.sum(g * g) for g in grads.values())))
     coef = 1.0 if clip_norm is None else min(1.0, clip_norm / (grad_norm + 1e-6))
     trained = {name: params[name].copy() for name in grads}

@@ -314,10 +314,10 @@ function overview() {
     el("p", { class: "about", text: `Loss ${fmt(DATA.loss)} for target ${DATA.classes[DATA.label]}; the model predicts ` +
       `${DATA.classes[predicted]} (${(100 * DATA.probs[predicted]).toFixed(1)}%). ` +
       (DATA.left_out.length ? "Left out of this page: " + DATA.left_out.join("; ") + "." : "") }));
-  view.append(el("h3", { text: "prediction: the softmax of the logits" }), vectorBars(Float32Array.from(DATA.probs), "p", DATA.probs.length, 1));
-  // the gradient arriving at each op, from the loss (right) back to the image (left)
-  view.append(el("h3", { text: "the gradient arriving at each op (where does the signal fade or grow?)" }),
-              opNormChart());
+  view.append(el("div", { class: "row" },
+    el("div", {}, el("h3", { text: "prediction: the softmax of the logits" }),
+                  vectorBars(Float32Array.from(DATA.probs), "p", DATA.probs.length, 1)),
+    el("div", {}, el("h3", { text: "norms along the step: where does the signal fade or grow?" }), opNormChart())));
   view.append(el("h3", { text: "each weight tensor: |dθ| / |θ| and the AdamW step |Δθ| / |θ|" }),
     el("p", { class: "note", text: adamwNote() }), parameterBars());
   const adamw = el("div", { class: "formulas" });
@@ -340,20 +340,61 @@ function logBar(value, low, high) {           // a bar's width (%) on a log scal
   return (100 * (Math.log10(value) - Math.log10(low))) / (Math.log10(high) - Math.log10(low) || 1);
 }
 
+// The norms along the step, one point per op (log scale): the gradient arriving at each op (the
+// backward runs right to left) and each op's output (forward). Blocks are shaded; hover names the
+// op, a click opens it.
 function opNormChart() {
-  const norms = DATA.ops.map((op) => op.dout.norm).filter((v) => v > 0);
-  const low = Math.min(...norms) / 2, high = Math.max(...norms);
-  const bars = el("div", { class: "bars" });
-  DATA.ops.forEach((op, i) => {
-    const v = op.dout.norm;
-    const row = el("span", { text: `${op.group === "embedding" || op.group === "head" ? "" : op.group + " "}${DATA.kinds[op.kind].title}` });
-    const hit = op.group === `block ${state.block}`;
-    bars.append(row, el("div", { class: "bar" + (hit ? " hit" : ""), style: `width:${v > 0 ? logBar(v, low, high) : 0}%`,
-                                 title: `|d ${op.key}| = ${fmt(v)}` }), el("span", { text: fmt(v) }));
-    row.style.cursor = "pointer";
-    row.addEventListener("click", () => select(i));
+  const series = [["gradient arriving", "#d3592f", DATA.ops.map((op) => op.dout.norm)],
+                  ["output (forward)", "#2f5bd3", DATA.ops.map((op) => op.out.norm)]];
+  const all = series.flatMap(([, , v]) => v).filter((v) => v > 0);
+  const low = Math.floor(Math.log10(Math.min(...all))), high = Math.ceil(Math.log10(Math.max(...all)));
+  const [W, H, left, top, bottom] = [900, 240, 52, 18, 22];
+  const canvas = el("canvas", { width: W, height: H, role: "img",
+                                "aria-label": "norm of each op's output and of the gradient arriving at it" });
+  const ctx = canvas.getContext("2d");
+  const n = DATA.ops.length;
+  const x = (i) => left + ((W - left - 10) * (i + 0.5)) / n;
+  const y = (v) => top + ((H - top - bottom) * (high - Math.log10(v))) / (high - low || 1);
+  ctx.font = "11px system-ui, sans-serif";
+  DATA.ops.forEach((op, i) => {                 // shade every other block, name each
+    const b = op.group.startsWith("block ") ? Number(op.group.slice(6)) : -1;
+    if (b >= 0 && (i === 0 || DATA.ops[i - 1].group !== op.group)) {
+      const end = DATA.ops.findLastIndex((o) => o.group === op.group);
+      ctx.fillStyle = b % 2 ? "#f1f3f8" : "#e6eaf3";
+      ctx.fillRect(x(i) - (x(1) - x(0)) / 2, top, x(end) - x(i) + (x(1) - x(0)), H - top - bottom);
+      ctx.fillStyle = "#5b6475";
+      ctx.fillText(`block ${b}`, x(i) - 4, top - 5);
+    }
   });
-  return bars;
+  ctx.fillStyle = "#5b6475";
+  for (let d = low; d <= high; d++) {           // one grid line a decade
+    ctx.fillText(`1e${d}`, 4, y(10 ** d) + 4);
+    ctx.fillRect(left, y(10 ** d), W - left - 10, 0.5);
+  }
+  ctx.fillText("image", left, H - 6);
+  ctx.fillText("loss", W - 36, H - 6);
+  for (const [, colour, values] of series) {
+    ctx.strokeStyle = colour; ctx.fillStyle = colour; ctx.lineWidth = 1.5;
+    ctx.beginPath();
+    values.forEach((v, i) => { if (v > 0) ctx.lineTo(x(i), y(v)); });
+    ctx.stroke();
+    values.forEach((v, i) => { if (v > 0) ctx.fillRect(x(i) - 2, y(v) - 2, 4, 4); });
+  }
+  const nearest = (event) => {
+    const box = canvas.getBoundingClientRect();
+    const i = Math.round(((event.clientX - box.left) * (W / box.width) - left) / ((W - left - 10) / n) - 0.5);
+    return Math.max(0, Math.min(n - 1, i));
+  };
+  canvas.addEventListener("mousemove", (event) => {
+    const op = DATA.ops[nearest(event)];
+    showTip(event, `${op.group}: ${DATA.kinds[op.kind].title}\noutput ${fmt(op.out.norm)}, gradient ${fmt(op.dout.norm)}`);
+  });
+  canvas.addEventListener("mouseleave", hideTip);
+  canvas.addEventListener("click", (event) => select(nearest(event)));
+  canvas.style.cursor = "pointer";
+  const legend = el("div", { class: "note" });
+  for (const [name, colour] of series) legend.append(el("span", { style: `color:${colour}`, text: "\u25A0 " }), `${name}   `);
+  return el("figure", {}, canvas, legend);
 }
 
 function parameterBars() {                  // relative sizes; a tensor that is 0 (a fresh bias) has none
