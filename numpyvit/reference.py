@@ -9,7 +9,8 @@ NumPy allows, one function pair per layer in the CS231n form:
 Every backward takes the gradient of its output and its forward's cache, and each of its lines
 says which forward line it undoes ("forward: y = ..., so ..."). The derivations, with shapes,
 are in docs/math.md, whose notation table this file follows; docs/tour.ipynb runs every pair on
-tiny inputs with a gradient check. The fast layers in numpyvit.layers compute exactly this (the
+tiny inputs with a gradient check, and demos/explore.py draws one real step of them, op by op, in
+a browser page. The fast layers in numpyvit.layers compute exactly this (the
 tests pin them to these functions to 1e-12 in float64), with speed tricks this file leaves out:
 no threads, no preallocated output buffers, no merging of LayerNorm into the next product, no
 [CLS]-only last block, softmax always with its row max, GELU through erf in float64.
