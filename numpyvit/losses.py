@@ -1,5 +1,8 @@
-"""Softmax cross-entropy with label smoothing, averaged over the batch.
-Implements numpyvit.reference.cross_entropy_forward / cross_entropy_backward (docs/math.md, section 10).
+"""The losses: softmax cross-entropy with label smoothing, averaged over the batch (classification),
+and the masked autoencoder's mean squared error on the hidden patches (pretraining).
+
+CrossEntropyLoss implements numpyvit.reference.cross_entropy_forward / cross_entropy_backward
+(docs/math.md, section 10).
 
 Shapes: logits a (B, K), integer labels y (B,) (docs/math.md's notation).
 
@@ -65,3 +68,31 @@ def check_labels(logits, labels):
         raise ValueError(f"labels must be in [0, {K - 1}] for {K} classes, got values in "
                          f"[{labels.min()}, {labels.max()}]")
     return xp.asarray(labels) if on_host else labels
+
+
+class MaskedMSELoss(Module):
+    """The mean squared error per pixel over the hidden patches (MAE's loss). Implements
+    numpyvit.reference.masked_mse_forward / masked_mse_backward (docs/math.md, section 14).
+
+    pred, target (B, N, P) (P pixels a patch), hidden (B, N) 0/1, H = sum of hidden:
+    Forward:   loss = (1 / H) sum_bi hidden_bi (1 / P) sum_p (pred - target)_bip^2
+    Backward:  dpred = dloss 2 (pred - target) hidden / (P H)
+    """
+
+    def forward(self, pred, target, hidden):
+        """The loss as a 0-d array on pred's device."""
+        xp = array_module(pred)
+        hidden = xp.asarray(hidden, dtype=pred.dtype)
+        if pred.shape != target.shape or hidden.shape != pred.shape[:2]:
+            raise ValueError(f"pred {tuple(pred.shape)}, target {tuple(target.shape)} and hidden "
+                             f"{tuple(hidden.shape)} must be (B, N, P), (B, N, P) and (B, N)")
+        err = pred - target
+        scale = pred.dtype.type(1.0 / (err.shape[-1] * float(hidden.sum())))
+        self._save_for_backward(err, hidden, scale)
+        return ((err * err).sum(axis=-1) * hidden).sum() * scale
+
+    def backward(self, dloss=1.0):
+        err, hidden, scale = self._saved()
+        err *= hidden[:, :, None]
+        err *= scale * err.dtype.type(2 * dloss)                    # in place: the cache is done
+        return err

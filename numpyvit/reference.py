@@ -33,6 +33,7 @@ import math
 import numpy as np
 
 from .backend import array_module
+from .layers.masking import random_keep  # noqa: F401 -- MAE's draw of the kept patches, below
 from .layers.patch_embed import to_pair
 from .layers.tokens import sincos_table_2d
 from .special import erf
@@ -506,6 +507,149 @@ def vit_backward(dlogits, cache, input_grad=False):
     dx, dW, db = patch_embed_backward(dpatches, embed)               # forward: patches = embed(x)
     grads["patch_embed.proj.weight"], grads["patch_embed.proj.bias"] = dW, db   # timm's names
     return (grads, dx) if input_grad else grads
+
+
+# ----- Masked autoencoder (MAE): pretraining without labels --------------------------------------
+# Each image keeps a random quarter of its patches: rows, hidden = random_keep(rng, B, N, 0.75)
+# (numpyvit/layers/masking.py: a draw, not a layer). The encoder sees the kept tokens only; the
+# decoder sees every position, the hidden ones as a learned mask token, and predicts their pixels.
+def gather_rows_forward(z, rows):
+    """z (B, T, D), rows (B, R) int -> (B, R, D): each image's tokens at its rows."""
+    xp = array_module(z)
+    rows = xp.asarray(rows)
+    return xp.take_along_axis(z, rows[:, :, None], axis=1), (z.shape, rows)
+
+
+def gather_rows_backward(dy, cache):
+    """dy (B, R, D) -> dz (B, T, D)."""
+    shape, rows = cache
+    xp = array_module(dy)
+    # tokens not taken get no gradient
+    dz = xp.zeros(shape, dtype=dy.dtype)
+    # forward: y[b, r] = z[b, rows[b, r]], each row taken once
+    xp.put_along_axis(dz, rows[:, :, None], dy, axis=1)
+    return dz
+
+
+def fill_hidden_forward(y, mask_token, rows, T):
+    """y (B, R, E) the encoded tokens at ``rows``, mask_token (1, 1, E) -> (B, T, E): every
+    token row holds the mask token, except ``rows``, which hold y."""
+    xp = array_module(y)
+    B, _, E = y.shape
+    rows = xp.asarray(rows)
+    # (B, T, E): the same mask token everywhere ...
+    full = xp.broadcast_to(mask_token, (B, T, E)).copy()
+    # ... then the visible tokens in their places
+    xp.put_along_axis(full, rows[:, :, None], y, axis=1)
+    return full, rows
+
+
+def fill_hidden_backward(dfull, cache):
+    """dfull (B, T, E) -> dy (B, R, E), dmask_token (1, 1, E)."""
+    rows = cache
+    xp = array_module(dfull)
+    # forward: full[b, rows[b, r]] = y[b, r]
+    dy = xp.take_along_axis(dfull, rows[:, :, None], axis=1)
+    # forward: the mask token was copied to every other row of every image
+    dhidden = dfull.copy()
+    # (a copy: the rows the visible tokens overwrote)
+    xp.put_along_axis(dhidden, rows[:, :, None], 0.0, axis=1)
+    return dy, dhidden.sum(axis=(0, 1), keepdims=True)
+
+
+def patch_targets(x, patch_size, normalize):
+    """x (B, C, H, W) -> the pixels to predict, (B, N, C*Ph*Pw): the patches, each normalized to
+    mean 0 and variance 1 over its own pixels with ``normalize`` (MAE's norm_pix_loss; the
+    variance unbiased, as torch.var, plus 1e-6). A constant of the step: no gradient."""
+    t = patchify(x, patch_size)
+    if not normalize:
+        return t
+    mean = t.mean(axis=-1, keepdims=True)
+    var = t.var(axis=-1, keepdims=True, ddof=1)
+    return (t - mean) / (var + 1e-6) ** 0.5
+
+
+def masked_mse_forward(pred, target, hidden):
+    """pred, target (B, N, P), hidden (B, N) 0/1 -> the mean squared error per pixel of the hidden
+    patches: sum_bi hidden_bi mean_p (pred - target)^2 / sum_bi hidden_bi."""
+    err = pred - target
+    per_patch = (err ** 2).mean(axis=-1)                             # (B, N)
+    return (per_patch * hidden).sum() / hidden.sum(), (err, hidden)
+
+
+def masked_mse_backward(dloss, cache):
+    """dloss (a scalar) -> dpred (B, N, P)."""
+    err, hidden = cache
+    # forward: the mean over P pixels of err^2, summed over hidden patches, over their count
+    return dloss * 2 * err * hidden[:, :, None] / (err.shape[-1] * hidden.sum())
+
+
+def mae_forward(params, x, config, decoder, rows, hidden, normalize=True):
+    """x (B, C, H, W) -> the loss on the hidden patches. params: the encoder's (a ViT's timm
+    names) and the decoder's (MAE's names: decoder_embed, mask_token, decoder_blocks.i,
+    decoder_norm, decoder_pred); config: the encoder ViT's ``model.config``; decoder: its
+    embed_dim, depth, num_heads, act; rows, hidden: random_keep's."""
+    patch_size = to_pair(config["patch_size"], "patch_size")
+    image = to_pair(config["img_size"], "img_size")
+    grid = (image[0] // patch_size[0], image[1] // patch_size[1])
+    # the encoder: the classifier's tokens (eq. 1), then only the kept rows
+    patches, embed = patch_embed_forward(x, params["patch_embed.proj.weight"],
+                                         params["patch_embed.proj.bias"])
+    table, table_cache = position_table_forward(params, config, grid)
+    z, _ = tokens_forward(patches, params["cls_token"], table)       # (B, T, D)
+    z, gather = gather_rows_forward(z, rows)                         # (B, 1 + K, D)
+    blocks = []
+    for i in range(config["depth"]):
+        z, block = block_forward(z, params, f"blocks.{i}.", config)
+        blocks.append(block)
+    z, norm = layernorm_forward(z, params["norm.weight"], params["norm.bias"])
+    # the decoder: narrower, every row again, the hidden ones a mask token
+    y, decoder_embed = linear_forward(z, params["decoder_embed.weight"], params["decoder_embed.bias"])
+    xp = array_module(x)
+    full, fill = fill_hidden_forward(y, params["mask_token"], rows, table.shape[1])   # (B, T, E)
+    # fixed sine-cosine positions, as MAE's decoder
+    full = full + xp.asarray(sincos_table_2d(grid, decoder["embed_dim"]), dtype=full.dtype)
+    decoder_blocks = []
+    for i in range(decoder["depth"]):
+        full, block = block_forward(full, params, f"decoder_blocks.{i}.", decoder)
+        decoder_blocks.append(block)
+    full, decoder_norm = layernorm_forward(full, params["decoder_norm.weight"], params["decoder_norm.bias"])
+    # (B, N, C*Ph*Pw): each patch's pixels, [CLS]'s row left out
+    pred, predict = linear_forward(full[:, 1:], params["decoder_pred.weight"], params["decoder_pred.bias"])
+    loss, mse = masked_mse_forward(pred, patch_targets(x, patch_size, normalize), xp.asarray(hidden))
+    caches = (table_cache, embed, gather, blocks, norm, decoder_embed, fill, decoder_blocks, decoder_norm,
+              predict, mse)
+    return loss, pred, caches
+
+
+def mae_backward(dloss, caches):
+    """dloss (a scalar, 1) -> {name: gradient} of the encoder's and the decoder's parameters."""
+    (table_cache, embed, gather, blocks, norm, decoder_embed, fill, decoder_blocks, decoder_norm,
+     predict, mse) = caches
+    grads = {}
+    dpred = masked_mse_backward(dloss, mse)                          # forward: loss = MSE(hidden)
+    # forward: pred = full[:, 1:] W^T + b
+    dfull_rows, grads["decoder_pred.weight"], grads["decoder_pred.bias"] = linear_backward(dpred, predict)
+    xp = array_module(dpred)
+    # forward: the [CLS] row was left out
+    dfull = xp.concatenate([xp.zeros_like(dfull_rows[:, :1]), dfull_rows], axis=1)
+    dfull, grads["decoder_norm.weight"], grads["decoder_norm.bias"] = layernorm_backward(dfull, decoder_norm)
+    for block in reversed(decoder_blocks):
+        dfull, block_grads = block_backward(dfull, block)
+        grads.update(block_grads)
+    # the position table was fixed: dfull passes through it unchanged
+    dy, grads["mask_token"] = fill_hidden_backward(dfull, fill)      # forward: the mask token filled in
+    dz, grads["decoder_embed.weight"], grads["decoder_embed.bias"] = linear_backward(dy, decoder_embed)
+    dz, grads["norm.weight"], grads["norm.bias"] = layernorm_backward(dz, norm)
+    for block in reversed(blocks):
+        dz, block_grads = block_backward(dz, block)
+        grads.update(block_grads)
+    dz = gather_rows_backward(dz, gather)                            # forward: the kept rows taken
+    # as vit_backward from here: the tokens, the positions, the patch embedding
+    dpatches, grads["cls_token"], dtable = tokens_backward(dz, None)
+    grads.update(position_table_backward(dtable, table_cache))
+    _, grads["patch_embed.proj.weight"], grads["patch_embed.proj.bias"] = patch_embed_backward(dpatches, embed)
+    return grads
 
 
 # ----- One AdamW step ----------------------------------------------------------------------------
