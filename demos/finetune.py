@@ -4,10 +4,11 @@
     python demos/finetune.py --weights model.safetensors --data photos/ --img-size 224 --freeze-backbone
     python demos/finetune.py --out runs/finetune --resume --epochs 5      # continue a run
     python demos/finetune.py --weights runs/mnist --data fashion-mnist --from-scratch   # baseline
+    python demos/finetune.py --weights runs/pretrain --data fashion-mnist     # a masked autoencoder's encoder
 
 --data: a folder with one subfolder per class (or train/ and val/, each with one subfolder per
 class), or mnist / fashion-mnist. --weights: timm's model.safetensors, an original JAX .npz, or a
-numpyvit checkpoint / run folder; the model is its architecture with a new, freshly initialized head
+numpyvit checkpoint / run folder (a classifier's, or demos/pretrain.py's: its encoder); the model is its architecture with a new, freshly initialized head
 for the data's classes (--keep-head keeps the old one when the counts agree), position embeddings
 resampled for --img-size, and the weights' mean and std for the images. --freeze-backbone trains the
 head alone (the backbone's weight gradients are not even computed). --from-scratch trains the same
@@ -29,7 +30,7 @@ from numpyvit.io import load_arrays
 from numpyvit.presets import check_config
 from numpyvit.train import TrainConfig, fit, refuse_to_overwrite
 from numpyvit.train.config import CLOTHES
-from numpyvit.train.progress import format_duration
+from numpyvit.train.progress import format_duration, with_tta
 from numpyvit.weights.pretrained import new_head
 
 SETTINGS = "finetune.json"             # in --out: what --resume needs besides the checkpoint
@@ -51,6 +52,9 @@ def parse_args(argv):
     p.add_argument("--batch-size", type=cli.positive_int, default=64)
     p.add_argument("--lr", type=cli.positive_float, help="peak learning rate (default 5e-4; 2e-3 with --freeze-backbone)")
     p.add_argument("--no-augment", dest="augment", action="store_false")
+    p.add_argument("--limit-train", type=cli.positive_int, metavar="N", help="train on the first N images")
+    p.add_argument("--tta", action="store_true",
+                   help="also evaluate the final model with test-time augmentation (reported beside)")
     p.add_argument("--seed", type=cli.nonnegative_int, default=0)
     p.add_argument("--backend", choices=["numpy", "cupy"], help="default: $NUMPYVIT_BACKEND, else numpy")
     return p.parse_args(argv)
@@ -98,7 +102,7 @@ def build(args):
     lr = args.lr if args.lr is not None else 2e-3 if args.freeze_backbone else 5e-4
     train = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=lr, warmup_epochs=min(1.0, args.epochs / 4),
                         augment=args.augment, seed=args.seed, eval_batch_size=max(args.batch_size, 100),
-                        **augmentation(args.data, size))
+                        limit_train=args.limit_train, tta=args.tta, **augmentation(args.data, size))
     return model, ds, train
 
 
@@ -151,12 +155,12 @@ def finetune(args):
         (out / SETTINGS).write_text(json.dumps(dict(weights=str(args.weights), data=args.data, data_dir=args.data_dir,
                                                     freeze=args.freeze_backbone, from_scratch=args.from_scratch)))
     trainable = sum(p.data.size for p in model.parameters() if p.requires_grad)
-    say(f"{ds.name}: {len(ds.train_labels)} training / {len(ds.test_labels)} test images, "
+    say(f"{ds.name}: {len(ds.train_labels[:train.limit_train])} training / {len(ds.test_labels)} test images, "
         f"{len(ds.classes)} classes; {trainable:,} of {model.num_parameters():,} parameters trained"
         + (" (from scratch)" if args.from_scratch else f" (from {args.weights})" if not args.resume else ""))
     history = fit(model, ds, train, out, resume=args.resume)
     last = history["epochs"][-1]
-    say(f"test accuracy {100 * last['test_acc']:.2f}% after {last['epoch']} epochs, "
+    say(f"test accuracy {100 * last['test_acc']:.2f}%{with_tta(last)} after {last['epoch']} epochs, "
         f"{format_duration(last['time'])} of training; checkpoint in {out}")
     return 0
 

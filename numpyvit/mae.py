@@ -25,12 +25,14 @@ checkpoint's ``model.*`` arrays minus the decoder's load as ViT weights (numpyvi
 import numpy as np
 
 from . import reference
+from .engine.shards import add_gradients, draw_seeds, replicate, seed_layers, split_rows
 from .errors import ConfigError
 from .layers import Block, LayerNorm, Linear
 from .layers.base import Module, new_parameter, trunc_normal
 from .layers.masking import MaskFill, TokenRows
 from .layers.tokens import sincos_table_2d
 from .losses import MaskedMSELoss
+from .parallel import num_threads, run_on_threads, single_threaded_blas
 
 DECODER_PREFIXES = ("decoder_", "mask_token")     # what a ViT that loads MAE weights leaves out
 
@@ -113,6 +115,46 @@ class MaskedAutoencoder(Module):
             dz = block.backward(dz)
         dz = enc.cls.backward(enc.pos.backward(enc.pos_drop.backward(self.rows.backward(dz))))
         enc.patch_embed.backward(dz)
+
+
+class ShardedSteps:
+    """Training steps of a MaskedAutoencoder on this machine's cores (NumPy): the batch cut into one
+    shard per core, each shard's forward and backward on its own thread with single-threaded BLAS,
+    the model itself and replicas that share its weights (numpyvit.engine.shards). Each image's
+    loss and gradients depend on that image alone, and every image hides the same number of
+    patches, so the shards' mean losses weighted by their share B_s / B add up to the batch's, and
+    their gradients to its gradients, exactly. ``step(x, rows, hidden)`` -> the batch's loss (a
+    float), every gradient summed into the model's parameters. One shard: the model's own forward
+    and backward, BLAS on every core."""
+
+    def __init__(self, mae, count=None):
+        count = num_threads() if count is None and mae.xp is np else count or 1
+        self.models = [mae] + [replicate(mae) for _ in range(count - 1)]
+        self.params = [m.parameters() for m in self.models]
+
+    def step(self, x, rows, hidden):
+        main, B = self.models[0], x.shape[0]
+        if len(self.models) == 1:
+            loss = main(x, rows, hidden)
+            main.backward()
+            return float(loss)
+        for replica in self.models[1:]:
+            replica.train(main.training)
+            seed_layers(replica, draw_seeds(main))                   # dropout, if the encoder has any
+
+        def shard(model, part):
+            share = (part.stop - part.start) / B
+            loss = float(model(x[part], rows[part], hidden[part]))
+            model.backward(share)
+            return loss * share
+        with single_threaded_blas():
+            losses = run_on_threads([lambda m=m, r=r: shard(m, r)
+                                     for m, r in zip(self.models, split_rows(B, len(self.models)))])
+        for shared in self.params[1:]:
+            add_gradients(self.params[0], [p.grad for p in shared], keep=True)
+            for p in shared:
+                p.grad = None
+        return sum(losses)
 
 
 def encoder_weights(state):

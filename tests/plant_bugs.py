@@ -26,6 +26,7 @@ TEXTBOOK = ["tests/test_reference.py", "tests/test_docstring_math.py"] + MATH   
 OPTIM = ["tests/test_optim.py", "tests/test_docstring_math.py", "tests/test_reference.py"]
 WEIGHTS = ["tests/test_weights.py", "tests/test_photos.py"]
 DATA = ["tests/test_data.py", "tests/test_photos.py"]
+MAE = ["tests/test_mae.py"]
 
 # (name, file, the text as it is, the text with the bug, the test modules that guard the file)
 MUTANTS = [
@@ -101,6 +102,20 @@ MUTANTS = [
     ("folder: classes in the order the disk lists them", "numpyvit/data/folder.py",
      "classes = sorted(p.name for p in splits[0].iterdir()", "classes = list(p.name for p in splits[0].iterdir()",
      DATA),
+    ("reference: MAE's mask token also takes the kept rows' gradient", "numpyvit/reference.py",
+     "    xp.put_along_axis(dhidden, rows[:, :, None], 0.0, axis=1)\n", "", MAE),
+    ("reference: masked MSE's gradient not divided by the pixels", "numpyvit/reference.py",
+     "return dloss * 2 * err * hidden[:, :, None] / (err.shape[-1] * hidden.sum())",
+     "return dloss * 2 * err * hidden[:, :, None] / hidden.sum()", MAE),
+    ("reference: MAE targets normalized with the biased variance", "numpyvit/reference.py",
+     "var = t.var(axis=-1, keepdims=True, ddof=1)", "var = t.var(axis=-1, keepdims=True)", MAE),
+    ("masking: MaskFill's token takes the kept rows' gradient", "numpyvit/layers/masking.py",
+     "self.mask_token.accumulate((total - dy.sum(axis=(0, 1))).reshape(1, 1, -1))",
+     "self.mask_token.accumulate(total.reshape(1, 1, -1))", MAE),
+    ("losses: masked MSE's backward over the visible patches too", "numpyvit/losses.py",
+     "        err *= hidden[:, :, None]\n", "", MAE),
+    ("mae: shards' gradients not weighted by their share of the batch", "numpyvit/mae.py",
+     "model.backward(share)", "model.backward()", MAE),
 ]
 
 

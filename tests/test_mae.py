@@ -2,6 +2,8 @@
 central differences in float64 (relative error per tensor printed), the textbook's whole MAE step
 likewise, the fast MAE pinned to the textbook (loss and every gradient, float64 and float32), the
 draw of the kept patches, the encoder's weights loading into a ViT, and pretraining that learns."""
+import signal
+
 import numpy as np
 import pytest
 
@@ -11,9 +13,14 @@ from numpyvit.backend import to_numpy
 from numpyvit.layers.masking import MaskFill, TokenRows, random_keep
 from numpyvit.layers.base import Parameter
 from numpyvit.losses import MaskedMSELoss
-from numpyvit.mae import MaskedAutoencoder, encoder_weights
+from numpyvit.io import load_arrays
+from numpyvit.mae import MaskedAutoencoder, ShardedSteps, encoder_weights
 from numpyvit.optim import AdamW
+from numpyvit.train import TrainConfig
+from numpyvit.train.pretrain import pretrain
 from finite_differences import central_differences
+from test_demos import demo, synthetic  # noqa: F401  (a fixture)
+from test_train import tiny_dataset
 
 SMALL = dict(img_size=(8, 12), patch_size=4, in_chans=2, num_classes=5, embed_dim=16, depth=2, num_heads=2,
              mlp_ratio=2.0)
@@ -187,3 +194,72 @@ def test_pretraining_learns(rng):
     with mae.inference():
         after = float(mae(x, fixed_rows, fixed_hidden))
     assert after < 0.2 * before, (before, after)
+
+
+# ----- pretraining: the loop, its resume, the demos ----------------------------------------------
+def tiny_mae(seed=0):
+    encoder = numpyvit.create_model("mnist_tiny", embed_dim=16, depth=2, num_heads=2, seed=seed)
+    return MaskedAutoencoder(encoder, decoder_dim=8, decoder_depth=1, decoder_heads=2, seed=seed)
+
+
+def test_sharded_steps_are_the_whole_batch_s(rng):
+    """Two shards on two threads give the loss and the gradients of one pass over the batch."""
+    x = rng.standard_normal((6, 1, 28, 28))
+    rows, hidden = random_keep(rng, 6, 16, 0.75)
+    results = []
+    for count in (1, 2):
+        mae = MaskedAutoencoder(numpyvit.create_model("mnist_tiny", embed_dim=16, depth=2, num_heads=2,
+                                                      dtype="float64"), decoder_dim=8, decoder_depth=1, decoder_heads=2)
+        loss = ShardedSteps(mae, count).step(x, rows, hidden)
+        results.append((loss, {name: p.grad.copy() for name, p in mae.named_parameters()}))
+    (one, grads1), (two, grads2) = results
+    assert two == pytest.approx(one, rel=1e-12)
+    for name in grads1:
+        np.testing.assert_allclose(grads2[name], grads1[name], rtol=1e-10, atol=1e-14 * np.abs(grads1[name]).max())
+
+
+def test_pretraining_resumes_exactly(tmp_path, monkeypatch):
+    """Ctrl-C in the middle of epoch 2, then a resume: the weights of an uninterrupted run."""
+    config = TrainConfig(epochs=3, batch_size=16, log_every=2, eval_batch_size=16)     # 4 steps an epoch
+    straight = tiny_mae()
+    pretrain(straight, tiny_dataset(), config, tmp_path / "a", log=None, figure_every=1)
+    step, calls = ShardedSteps.step, [0]
+
+    def step_then_ctrl_c(self, *args):
+        calls[0] += 1
+        if calls[0] == 6:
+            signal.raise_signal(signal.SIGINT)                       # handled by pretrain: a clean stop
+        return step(self, *args)
+    monkeypatch.setattr(ShardedSteps, "step", step_then_ctrl_c)
+    with pytest.raises(numpyvit.train.TrainingInterrupted, match="epoch 2, step 2"):
+        pretrain(tiny_mae(), tiny_dataset(), config, tmp_path / "b", log=None)
+    monkeypatch.setattr(ShardedSteps, "step", step)
+    resumed = tiny_mae(seed=5)                                       # other weights: the checkpoint's are loaded
+    history = pretrain(resumed, tiny_dataset(), config, tmp_path / "b", resume=True, log=None)
+    for name, value in straight.state_dict().items():
+        np.testing.assert_array_equal(resumed.state_dict()[name], value, err_msg=name)
+    assert [e["epoch"] for e in history["epochs"]] == [1, 2, 3]
+    assert (tmp_path / "a" / "reconstructions.png").stat().st_size > 5000
+    with pytest.raises(numpyvit.train.RunExistsError):
+        pretrain(tiny_mae(), tiny_dataset(), config, tmp_path / "a", log=None)
+
+
+def test_pretrain_then_finetune_demos(tmp_path, synthetic, capsys):
+    """demos/pretrain.py writes an MAE; its encoder loads as weights (the decoder left out) and
+    demos/finetune.py trains it on the labels."""
+    out = tmp_path / "pretrain"
+    argv = ["--data", "fashion-mnist", "--epochs", "2", "--batch-size", "16", "--embed-dim", "16", "--depth", "2",
+            "--num-heads", "2", "--decoder-dim", "8", "--decoder-depth", "1", "--decoder-heads", "2",
+            "--figure-every", "1", "--out", str(out)]
+    assert demo("pretrain").main(argv) == 0
+    said = capsys.readouterr().out
+    assert "labels unused" in said and f"--weights {out}" in said and (out / "reconstructions.png").is_file()
+    model = numpyvit.create_model(None, weights=out)
+    mae_state = load_arrays(out)[0]
+    np.testing.assert_array_equal(model.blocks[1].attn.qkv.weight.data, mae_state["model.blocks.1.attn.qkv.weight"])
+    assert demo("finetune").main(["--weights", str(out), "--data", "fashion-mnist", "--epochs", "1", "--batch-size",
+                                  "16", "--limit-train", "32", "--tta", "--out", str(tmp_path / "ft")]) == 0
+    said = capsys.readouterr().out
+    assert "32 training" in said and "with test-time augmentation" in said
+    assert demo("pretrain").main(["--out", str(out), "--resume", "--epochs", "3"]) == 0    # one more epoch
+    assert "after 3 epochs" in capsys.readouterr().out

@@ -120,3 +120,25 @@ def test_a_photo_is_prepared_as_timm_prepares_it(img_size):
     theirs = transform(Image.open(photo).convert("RGB")).numpy()
     ours = eval_transform(photo, img_size, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), 0.9)
     assert ours.shape == theirs.shape and np.abs(ours - theirs).max() <= 1e-6
+
+
+def test_timms_mae_weights_load_as_the_encoder(tmp_path):
+    """timm's vit_base_patch16_224.mae (the MAE paper's released encoder: no head, the classes
+    unknown) saved by timm loads into numpyvit with a fresh head; with that head set to the identity
+    numpyvit's logits are timm's features."""
+    torch.manual_seed(0)
+    theirs = timm.create_model("vit_base_patch16_224.mae", pretrained=False)
+    for p in theirs.parameters():
+        p.data += 0.02 * torch.randn_like(p)
+    theirs = theirs.double().eval()
+    assert theirs.num_classes == 0 and "head.weight" not in theirs.state_dict()
+    from timm.models import save_for_hf
+
+    save_for_hf(theirs, tmp_path, safe_serialization=True)
+    ours = numpyvit.create_model("vit_base_patch16_224", weights=tmp_path / "model.safetensors", dtype="float64",
+                                 num_classes=768).eval()
+    ours.head.weight.data[...] = np.eye(768)
+    ours.head.bias.data[...] = 0
+    x = np.random.default_rng(1).standard_normal((2, 3, 224, 224))
+    features = theirs(torch.from_numpy(x)).detach().numpy()          # (2, 768): the [CLS] token after norm
+    assert np.linalg.norm(ours(x) - features) / np.linalg.norm(features) <= 1e-10

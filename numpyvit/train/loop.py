@@ -131,6 +131,18 @@ def refuse_to_overwrite(out_dir):
                             "or train into another folder")
 
 
+def augmentation(config, dataset):
+    """The TrainConfig's augmentation of the training images, one function (x, rng) -> x."""
+    augmentations = []                                               # applied in this order
+    if config.augment:
+        augmentations.append(RandomAffine(max_translate=config.max_translate, max_rotate=config.max_rotate,
+                                          scale=config.scale, fill=background(dataset.mean, dataset.std),
+                                          hflip=config.hflip))
+    if config.erase:
+        augmentations.append(RandomErasing(config.erase))
+    return chain(augmentations)
+
+
 def _plot_curves(history, path, progress):
     """curves.png; a plot that cannot be drawn is a note, never the end of a run."""
     try:
@@ -152,14 +164,7 @@ class _Loop:
         self.total_steps = config.epochs * self.steps_per_epoch
         self.warmup_steps = round(config.warmup_epochs * self.steps_per_epoch)
         self.criterion = CrossEntropyLoss(config.label_smoothing)
-        augmentations = []                                               # applied in this order
-        if config.augment:
-            augmentations.append(RandomAffine(max_translate=config.max_translate, max_rotate=config.max_rotate,
-                                              scale=config.scale, fill=background(dataset.mean, dataset.std),
-                                              hflip=config.hflip))
-        if config.erase:
-            augmentations.append(RandomErasing(config.erase))
-        self.augment = chain(augmentations)
+        self.augment = augmentation(config, dataset)
         self.session_start = time.perf_counter()
         self.session_steps = 0
 

@@ -13,18 +13,20 @@ so the analysis works without matplotlib installed.
 import importlib
 
 from .analysis import (attention_rollout, cls_attention_maps, confusion_matrix, mean_attention_distance,
-                       patch_distances, patch_filter_pca, position_similarity, predict, resize, saliency,
-                       stack_attentions, to_grayscale, upsample)
+                       patch_distances, patch_filter_pca, position_similarity, predict, reconstructed_images,
+                       resize, saliency, stack_attentions, to_grayscale, upsample)
 
 PLOT_NAMES = (
     "plot_attention_distance", "plot_attention_heads", "plot_attention_rollout", "plot_confusion_matrix",
-    "plot_mistakes", "plot_patch_filters", "plot_position_similarity", "plot_saliency", "plot_time_to_accuracy",
+    "plot_mistakes", "plot_patch_filters", "plot_position_similarity", "plot_reconstructions", "plot_saliency",
+    "plot_time_to_accuracy",
     "plot_training_curves", "read_image",
 )
 
 __all__ = [
     "attention_rollout", "cls_attention_maps", "confusion_matrix", "mean_attention_distance",
-    "patch_distances", "patch_filter_pca", "position_similarity", "predict", "resize", "saliency",
+    "patch_distances", "patch_filter_pca", "position_similarity", "predict", "reconstructed_images", "resize",
+    "saliency",
     "stack_attentions", "to_grayscale", "upsample", *PLOT_NAMES,
 ]
 

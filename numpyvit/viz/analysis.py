@@ -214,3 +214,31 @@ def resize(image, size):
     image = np.asarray(image, dtype=np.float64)
     (h, w), (H, W) = size, image.shape
     return _area_weights(H, h) @ image @ _area_weights(W, w).T       # (h, H) (H, W) (W, w)
+
+
+def reconstructed_images(x, pred, hidden, patch_size, norm_pix_loss, mean, std):
+    """A masked autoencoder's work as pictures: (originals, masked, reconstructions), each
+    (B, H, W) (one channel) or (B, H, W, 3), pixels in [0, 1], hidden patches mid-gray in ``masked``.
+
+    x (B, C, H, W) normalized images, pred (B, N, C Ph Pw) the decoder's output for every patch
+    (``MaskedAutoencoder.predict``), hidden (B, N) 1 where a patch was hidden. A reconstruction is
+    the prediction in the hidden patches and the image in the visible ones (the paper's figures).
+    With ``norm_pix_loss`` the decoder predicts each patch normalized to mean 0, variance 1, so
+    its brightness and contrast are taken from the original patch to draw it."""
+    from ..reference import patchify, unpatchify                     # (no cycle at import time)
+    x, pred, hidden = to_numpy(x).astype(np.float64), to_numpy(pred).astype(np.float64), np.asarray(hidden, bool)
+    patches = patchify(x, patch_size)                                 # (B, N, P)
+    if norm_pix_loss:
+        pred = pred * (patches.var(axis=-1, ddof=1, keepdims=True) + 1e-6) ** 0.5 + patches.mean(axis=-1, keepdims=True)
+    mask = hidden[:, :, None]
+
+    def picture(p):                                                   # patches (B, N, P) -> (B, H, W[, C])
+        image = unpatchify(p, x.shape, patch_size).transpose(0, 2, 3, 1)
+        return image[..., 0] if image.shape[-1] == 1 else image
+
+    def pixels(p):                                                    # normalized -> [0, 1]
+        return np.clip(picture(p * np.repeat(np.reshape(std, -1), p.shape[-1] // np.size(std))
+                               + np.repeat(np.reshape(mean, -1), p.shape[-1] // np.size(mean))), 0, 1)
+    originals = pixels(patches)
+    hidden_pixels = picture(np.broadcast_to(mask, patches.shape)) != 0
+    return originals, np.where(hidden_pixels, 0.5, originals), pixels(np.where(mask, pred, patches))

@@ -303,3 +303,21 @@ def plot_time_to_accuracy(runs, path, target=None):
     axes[1].legend(fontsize=8)
     fig.suptitle("Time to accuracy")
     return _save(fig, path)
+
+
+def plot_reconstructions(originals, masked, reconstructions, path, title="Masked autoencoder"):
+    """Three rows of B images (each (B, H, W) or (B, H, W, 3) in [0, 1], numpyvit.viz.reconstructed_images):
+    the originals, what the encoder saw (hidden patches mid-gray), the reconstructions."""
+    B = len(originals)
+    fig = _figure(1.3 * B + 1.2, 4.6)
+    axes = fig.subplots(3, B, squeeze=False, gridspec_kw=dict(wspace=0.05, hspace=0.15))
+    for row, (images, label) in enumerate(((originals, "original"), (masked, "encoder's input"),
+                                           (reconstructions, "reconstruction"))):
+        for b in range(B):
+            ax = axes[row, b]
+            ax.imshow(images[b], cmap="gray" if images[b].ndim == 2 else None, vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[row, 0].set_ylabel(label, fontsize=9)
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, path)

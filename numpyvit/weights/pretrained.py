@@ -31,6 +31,7 @@ from ..errors import ConfigError, InputError
 from ..files import read_regular_file
 from ..io import CHECKPOINT_NAME, META_KEY, CheckpointError, load_arrays, prefixed
 from ..layers import Linear
+from ..mae import encoder_weights
 from ..model import VisionTransformer
 from ..presets import PRESETS, check_config, preset_config
 from .errors import WeightsError
@@ -43,7 +44,8 @@ ARCHITECTURE = ("patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio")   
 
 def read_weights(path):
     """({timm name: array}, info) of a weights file; info holds ``config`` (numpyvit's, if the file
-    has one) and the preprocessing: mean, std, crop_pct, classes."""
+    has one) and the preprocessing: mean, std, crop_pct, classes. A masked autoencoder's weights
+    (numpyvit.mae, demos/pretrain.py) are its encoder's: the decoder is left out."""
     path = Path(path)
     if path.is_dir():                                                # a training run's folder
         path = path / CHECKPOINT_NAME
@@ -70,7 +72,7 @@ def read_weights(path):
                 except (ValueError, RecursionError) as err:
                     raise WeightsError(f"{path}: metadata {key!r} is not valid JSON ({err})") from None
     info.update(_timm_config(path))
-    return state, check_info(info, path)
+    return encoder_weights(state), check_info(info, path)        # a masked autoencoder's decoder left out
 
 
 def check_info(info, source):
