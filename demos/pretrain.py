@@ -101,7 +101,10 @@ def resumed(args):
                          "--resume continues a run pretrain.py started in --out")
     encoder = VisionTransformer(**dict(meta["config"], backend=args.backend or meta["config"].get("backend")))
     mae = MaskedAutoencoder(encoder, **meta["mae"])
-    return mae, TrainConfig.from_dict(dict(meta["train"], epochs=args.epochs)), meta["dataset"]
+    data = meta["dataset"]                                           # a name, or folder:<its path>
+    if data.startswith("folder:"):
+        data, args.img_size = data[len("folder:"):], encoder.patch_embed.img_size[0]
+    return mae, TrainConfig.from_dict(dict(meta["train"], epochs=args.epochs)), data
 
 
 def main(argv=None):
@@ -111,8 +114,8 @@ def main(argv=None):
 def run(args):
     out = Path(args.out)
     if args.resume:
-        mae, train, data = resumed(args)
-        dataset = load_data(data if data in ("mnist", "fashion-mnist") else args.data, args.data_dir, args.img_size)
+        mae, train, args.data = resumed(args)
+        dataset = load_data(args.data, args.data_dir, args.img_size)
     else:
         dataset = load_data(args.data, args.data_dir, args.img_size)
         mae, train = build(args, dataset)
@@ -127,7 +130,7 @@ def run(args):
     last = history["epochs"][-1]
     print(f"test reconstruction loss {last['test_loss']:.4f} after {last['epoch']} epochs, "
           f"{format_duration(last['time'])}; checkpoint {out / CHECKPOINT_NAME}, figure {out / FIGURE_NAME}")
-    print(f"fine-tune it: python demos/finetune.py --weights {out} --data {args.data if not args.resume else dataset.name}")
+    print(f"fine-tune it: python demos/finetune.py --weights {out} --data {args.data}")
     return 0
 
 
