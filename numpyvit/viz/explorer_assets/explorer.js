@@ -180,13 +180,14 @@ function rowNorms(values, rows, cols) {
 }
 
 // ----- one tensor, drawn by the op's layout ----------------------------------------------------
-function drawTensor(t, layout, label, isProbability) {
+// positive: the values are never negative (probabilities, pixels): a one-sided colour scale.
+function drawTensor(t, layout, label, positive) {
   const values = decode(t);
   const caption = `${label}: ${shape(t.full_shape)}, norm ${fmt(t.norm)}${cropNote(t)}`;
   if (layout === "image") {
     const [C, H, W] = t.shape;
     return heatmap(values.subarray(0, H * W), H, W, { caption: caption + (C > 1 ? " (channel 0)" : ""),
-      color: isProbability ? "gray" : "diverging",
+      color: positive ? "gray" : "diverging",
       rowName: (i) => `pixel row ${i}`, colName: (j) => `column ${j}`, maxWidth: 280, maxHeight: 280 }).node;
   }
   if (layout === "attention") {
@@ -194,10 +195,10 @@ function drawTensor(t, layout, label, isProbability) {
     const h = DATA.heads.indexOf(state.head);
     const head = values.subarray(h * T * K, (h + 1) * T * K);
     const row = (i) => head.subarray(i * K, (i + 1) * K);
-    const colour = isProbability ? "sequential" : "diverging";
+    const colour = positive ? "sequential" : "diverging";
     const grid = gridMap(row(0), true, `head ${state.head}: row of [CLS] over the image`, colour, true);
     const map = heatmap(head, T, K, { caption: `${label}, head ${state.head}: ${shape(t.full_shape)}, norm ${fmt(t.norm)}${cropNote(t)}`,
-      color: isProbability ? "sequential" : "diverging", rowName: (i) => "query " + tokenName(i, true),
+      color: positive ? "sequential" : "diverging", rowName: (i) => "query " + tokenName(i, true),
       colName: (j) => "key " + tokenName(j, true),
       onRow: (i) => { grid.node.querySelector("figcaption").textContent = `head ${state.head}: row of ${tokenName(i, true)} over the image`;
                       grid.node.replaceChild(gridMap(row(i), true, "", colour, true).node.querySelector("canvas"),
