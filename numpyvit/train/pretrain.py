@@ -9,6 +9,8 @@ labels. One step, for a batch x (B, C, H, W):
 Each epoch ends with the loss on the first EVAL_IMAGES test images under one fixed mask (so that
 epochs compare), a checkpoint, history.json, and every ``figure_every`` epochs (and at the end)
 reconstructions.png: test images, what the encoder saw, and what the decoder made of the rest.
+history.json is fit's without accuracies: {"config": {...}, "epochs": [{"epoch", "train_loss",
+"test_loss", "lr", "time", "images_per_sec", "images"}, ...]}.
 
 Files and randomness as ``fit``'s (loop.py): checkpoint.npz (the MAE's weights under timm's and
 MAE's names, AdamW's state, the sample order), written atomically; the sample order and
@@ -160,8 +162,10 @@ class _Pretraining:
         pixels = viz.reconstructed_images(x, pred, hidden, self.mae.encoder.patch_embed.patch_size,
                                           self.mae.norm_pix_loss, self.dataset.mean, self.dataset.std)
         try:
-            viz.plot_reconstructions(*pixels, path, title=f"MAE after {epoch} epochs: {100 * self.mae.mask_ratio:.0f}% "
-                                                          "of the patches hidden from the encoder")
+            title = (f"MAE after {epoch} epochs: {100 * self.mae.mask_ratio:.0f}% of the patches hidden from the "
+                     "encoder" + ("\n(normalized targets: each hidden patch's predicted pattern is drawn with the "
+                                  "original patch's mean and contrast)" if self.mae.norm_pix_loss else ""))
+            viz.plot_reconstructions(*pixels, path, title=title)
         except ImportError:
             self.progress.note(f"matplotlib is not installed: no {path.name} (pip install matplotlib)")
 
