@@ -27,6 +27,7 @@ Also here: ``saliency`` (the gradient of a class logit with respect to the pixel
 import numpy as np
 
 from ..backend import to_numpy
+from ..reference import patchify, unpatchify
 
 
 def _attention_layers(attentions):
@@ -225,7 +226,6 @@ def reconstructed_images(x, pred, hidden, patch_size, norm_pix_loss, mean, std):
     the prediction in the hidden patches and the image in the visible ones (the paper's figures).
     With ``norm_pix_loss`` the decoder predicts each patch normalized to mean 0, variance 1, so
     its brightness and contrast are taken from the original patch to draw it."""
-    from ..reference import patchify, unpatchify                     # (no cycle at import time)
     x, pred, hidden = to_numpy(x).astype(np.float64), to_numpy(pred).astype(np.float64), np.asarray(hidden, bool)
     patches = patchify(x, patch_size)                                 # (B, N, P)
     if norm_pix_loss:
