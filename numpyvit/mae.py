@@ -25,7 +25,7 @@ checkpoint's ``model.*`` arrays minus the decoder's load as ViT weights (numpyvi
 import numpy as np
 
 from . import reference
-from .engine.shards import add_gradients, draw_seeds, replicate, seed_layers, split_rows
+from .engine.shards import ThreadShards, split_rows
 from .errors import ConfigError
 from .layers import Block, LayerNorm, Linear
 from .layers.base import Module, new_parameter, trunc_normal
@@ -129,18 +129,15 @@ class ShardedSteps:
 
     def __init__(self, mae, count=None):
         count = num_threads() if count is None and mae.xp is np else count or 1
-        self.models = [mae] + [replicate(mae) for _ in range(count - 1)]
-        self.params = [m.parameters() for m in self.models]
+        self.shards = ThreadShards(mae, count)                       # the model and its replicas
 
     def step(self, x, rows, hidden):
-        main, B = self.models[0], x.shape[0]
-        if len(self.models) == 1:
-            loss = main(x, rows, hidden)
-            main.backward()
+        models, B = self.shards.models, x.shape[0]
+        if len(models) == 1:
+            loss = models[0](x, rows, hidden)
+            models[0].backward()
             return float(loss)
-        for replica in self.models[1:]:
-            replica.train(main.training)
-            seed_layers(replica, draw_seeds(main))                   # dropout, if the encoder has any
+        self.shards.follow_model()                                   # dropout, if the encoder has any
 
         def shard(model, part):
             share = (part.stop - part.start) / B
@@ -148,12 +145,8 @@ class ShardedSteps:
             model.backward(share)
             return loss * share
         with single_threaded_blas():
-            losses = run_on_threads([lambda m=m, r=r: shard(m, r)
-                                     for m, r in zip(self.models, split_rows(B, len(self.models)))])
-        for shared in self.params[1:]:
-            add_gradients(self.params[0], [p.grad for p in shared], keep=True)
-            for p in shared:
-                p.grad = None
+            losses = run_on_threads([lambda m=m, r=r: shard(m, r) for m, r in zip(models, split_rows(B, len(models)))])
+        self.shards.sum_gradients()
         return sum(losses)
 
 

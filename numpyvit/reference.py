@@ -456,12 +456,17 @@ def cross_entropy_backward(dloss, cache):
     return dloss * (p - target) / p.shape[0]
 
 
+def patch_grid(config):
+    """((Ph, Pw), (Gh, Gw)) of a ``model.config``: the patch size and the grid of patches."""
+    patch_size = to_pair(config["patch_size"], "patch_size")
+    image = to_pair(config["img_size"], "img_size")
+    return patch_size, (image[0] // patch_size[0], image[1] // patch_size[1])
+
+
 # ----- The whole model ---------------------------------------------------------------------------
 def vit_forward(params, x, config):
     """x (B, C, H, W) -> logits (B, K); params {timm name: array}, config ``model.config``."""
-    patch_size = to_pair(config["patch_size"], "patch_size")
-    image = to_pair(config["img_size"], "img_size")
-    grid = (image[0] // patch_size[0], image[1] // patch_size[1])   # (Gh, Gw)
+    _, grid = patch_grid(config)                                     # (Gh, Gw)
     patches, embed = patch_embed_forward(x, params["patch_embed.proj.weight"],
                                          params["patch_embed.proj.bias"])
     table, table_cache = position_table_forward(params, config, grid)
@@ -589,9 +594,7 @@ def mae_forward(params, x, config, decoder, rows, hidden, normalize=True):
     names) and the decoder's (MAE's names: decoder_embed, mask_token, decoder_blocks.i,
     decoder_norm, decoder_pred); config: the encoder ViT's ``model.config``; decoder: its
     embed_dim, depth, num_heads, act; rows, hidden: random_keep's."""
-    patch_size = to_pair(config["patch_size"], "patch_size")
-    image = to_pair(config["img_size"], "img_size")
-    grid = (image[0] // patch_size[0], image[1] // patch_size[1])
+    patch_size, grid = patch_grid(config)                            # (Ph, Pw), (Gh, Gw)
     # the encoder: the classifier's tokens (eq. 1), then only the kept rows
     patches, embed = patch_embed_forward(x, params["patch_embed.proj.weight"],
                                          params["patch_embed.proj.bias"])

@@ -118,12 +118,8 @@ class ThreadShards:
 
     def forward(self, x):
         """Logits of the whole batch x."""
-        main = self.models[0]
         self.rows = split_rows(x.shape[0], len(self.models))
-        for replica in self.models[1:]:
-            replica.train(main.training)
-            if main.training:
-                seed_layers(replica, draw_seeds(main))
+        self.follow_model()
         outputs = run_on_threads([(lambda m=m, r=r: m.forward_stages(x[r])) for m, r in zip(self.models, self.rows)])
         return np.concatenate(outputs)
 
@@ -131,11 +127,23 @@ class ThreadShards:
         """dx of the whole batch; every shard's parameter gradients end up summed in the model's."""
         dxs = run_on_threads([(lambda m=m, r=r: m.backward_stages(dlogits[r]))
                               for m, r in zip(self.models, self.rows)])
+        self.sum_gradients()
+        return np.concatenate(dxs)
+
+    def follow_model(self):
+        """The replicas in the model's mode, their dropout seeded from the model's generators."""
+        main = self.models[0]
+        for replica in self.models[1:]:
+            replica.train(main.training)
+            if main.training:
+                seed_layers(replica, draw_seeds(main))
+
+    def sum_gradients(self):
+        """The replicas' parameter gradients added into the model's, and cleared."""
         for shared in self.params[1:]:
             add_gradients(self.params[0], [p.grad for p in shared], keep=True)
             for p in shared:
                 p.grad = None
-        return np.concatenate(dxs)
 
     def close(self):
         for replica in self.models[1:]:

@@ -88,6 +88,7 @@ class _Pretraining:
         self.optimizer, self.run_meta, self.path, self.progress = optimizer, run_meta, path, progress
         self.steps_per_epoch = len(images) // config.batch_size
         self.total_steps = config.epochs * self.steps_per_epoch
+        self.warmup_steps = round(config.warmup_epochs * self.steps_per_epoch)
         self.augment = augmentation(config, dataset)
         self.steps = ShardedSteps(mae)                                  # one shard per core
         self.num_patches = mae.encoder.patch_embed.num_patches
@@ -111,8 +112,8 @@ class _Pretraining:
         loss_sum, seen, t0 = state.partial["loss_sum"], state.partial["seen"], time.perf_counter()
         mae.train()
         for x, _ in batches:
-            self.optimizer.lr = warmup_cosine(state.step, self.total_steps, config.lr,
-                                              round(config.warmup_epochs * self.steps_per_epoch), config.min_lr)
+            self.optimizer.lr = warmup_cosine(state.step, self.total_steps, config.lr, self.warmup_steps,
+                                              config.min_lr)
             rows, hidden = random_keep(np.random.default_rng([config.seed, 5, state.step]), B, self.num_patches,
                                        mae.mask_ratio)
             self.optimizer.zero_grad()

@@ -26,7 +26,6 @@ from pathlib import Path
 import numpy as np
 
 from .. import layers, losses, reference
-from .step_recording import grid_of
 
 ASSETS = Path(__file__).parent / "explorer_assets"
 KATEX = Path(__file__).parent / "vendor" / "katex"
@@ -274,7 +273,7 @@ def page_data(step, class_names, blocks, heads, crop, title):
                         "norms are of the whole tensors)")
     return {
         "title": title, "config": {k: v for k, v in config.items() if isinstance(v, (int, float, str))},
-        "grid": list(grid_of(config)), "heads": heads, "blocks": blocks, "left_out": left_out,
+        "grid": list(reference.patch_grid(config)[1]), "heads": heads, "blocks": blocks, "left_out": left_out,
         "label": step.label, "loss": step.loss, "probs": [float(p) for p in step.probs],
         "classes": list(class_names), "settings": step.settings,
         "parameters": [{"name": name, "norm": norm(value), "grad": norm(step.grads[name]),

@@ -31,7 +31,6 @@ import numpy as np
 
 from .. import reference
 from ..backend import to_numpy
-from ..layers.patch_embed import to_pair
 
 CHECK_DIRECTIONS = 3
 CHECK_STEP = 1e-4
@@ -208,7 +207,7 @@ def page_ops(root, x, dx, config):
     blocks = [c for c in calls if c.pair == "block"]
     after = calls[3 + len(blocks):]                        # [norm], pool, [fc_norm], head, loss
     patch_linear = patch_embed.children[0]                 # the Linear on the patches
-    patch_size = to_pair(config["patch_size"], "patch_size")       # (Ph, Pw)
+    patch_size, _ = reference.patch_grid(config)                    # (Ph, Pw)
     image = Call("image", (x,), out=x, dout=dx)
     patches = Call("patches", (x,), out=patch_linear.args[0], dout=patch_linear.grads[0],
                    grads=(dx,))
@@ -234,12 +233,6 @@ def page_ops(root, x, dx, config):
                       np.asarray(call.out), np.asarray(call.dout))
             ops.append(loss)
     return ops
-
-
-def grid_of(config):
-    """(Gh, Gw), the model's grid of patches."""
-    image, patch = to_pair(config["img_size"], "img_size"), to_pair(config["patch_size"], "patch_size")
-    return image[0] // patch[0], image[1] // patch[1]
 
 
 # ----- the whole step ---------------------------------------------------------------------------

@@ -236,14 +236,20 @@ function vectorBars(values, caption, n, scale) {  // scale: the full bar (defaul
 }
 
 // ----- the views -------------------------------------------------------------------------------
-function formulas(kind) {
+// A grid of [label, TeX] rows, the TeX rendered by KaTeX.
+function formulaBox(rows) {
   const box = el("div", { class: "formulas" });
-  for (const [side, list] of [["forward", kind.forward], ["backward", kind.backward]]) {
-    if (!list.length) continue;
+  for (const [side, tex] of rows) {
     const cell = el("div", { class: "tex" });
-    katex.render(list.join(", \\qquad "), cell, { displayMode: true, throwOnError: false });
+    katex.render(tex, cell, { displayMode: true, throwOnError: false });
     box.append(el("div", { class: "side", text: side }), cell);
   }
+  return box;
+}
+
+function formulas(kind) {
+  const box = formulaBox([["forward", kind.forward], ["backward", kind.backward]]
+    .filter(([, list]) => list.length).map(([side, list]) => [side, list.join(", \\qquad ")]));
   const where = `docs/math.md, section ${kind.section}`;
   box.append(el("div", { class: "side", text: "derived in" }),
              DATA.math_md ? el("a", { href: DATA.math_md, text: where }) : el("span", { text: where }));
@@ -321,11 +327,7 @@ function overview() {
     el("div", {}, el("h3", { text: "norms along the step: where does the signal fade or grow?" }), opNormChart())));
   view.append(el("h3", { text: "each weight tensor: |dθ| / |θ| and the AdamW step |Δθ| / |θ|" }),
     el("p", { class: "note", text: adamwNote() }), parameterBars());
-  const adamw = el("div", { class: "formulas" });
-  DATA.adamw.forEach((tex, i) => { const cell = el("div", { class: "tex" });
-    katex.render(tex, cell, { displayMode: true, throwOnError: false });
-    adamw.append(el("div", { class: "side", text: i === 0 ? "AdamW" : "" }), cell); });
-  view.append(adamw);
+  view.append(formulaBox(DATA.adamw.map((tex, i) => [i === 0 ? "AdamW" : "", tex])));
   return view;
 }
 
