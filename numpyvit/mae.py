@@ -25,14 +25,12 @@ checkpoint's ``model.*`` arrays minus the decoder's load as ViT weights (numpyvi
 import numpy as np
 
 from . import reference
-from .engine.shards import ThreadShards, split_rows
 from .errors import ConfigError
 from .layers import Block, LayerNorm, Linear
 from .layers.base import Module, new_parameter, trunc_normal
 from .layers.masking import MaskFill, TokenRows
 from .layers.tokens import sincos_table_2d
 from .losses import MaskedMSELoss
-from .parallel import num_threads, run_on_threads, single_threaded_blas
 
 DECODER_PREFIXES = ("decoder_", "mask_token")     # what a ViT that loads MAE weights leaves out
 
@@ -115,39 +113,6 @@ class MaskedAutoencoder(Module):
             dz = block.backward(dz)
         dz = enc.cls.backward(enc.pos.backward(enc.pos_drop.backward(self.rows.backward(dz))))
         enc.patch_embed.backward(dz)
-
-
-class ShardedSteps:
-    """Training steps of a MaskedAutoencoder on this machine's cores (NumPy): the batch cut into one
-    shard per core, each shard's forward and backward on its own thread with single-threaded BLAS,
-    the model itself and replicas that share its weights (numpyvit.engine.shards). Each image's
-    loss and gradients depend on that image alone, and every image hides the same number of
-    patches, so the shards' mean losses weighted by their share B_s / B add up to the batch's, and
-    their gradients to its gradients, exactly. ``step(x, rows, hidden)`` -> the batch's loss (a
-    float), every gradient summed into the model's parameters. One shard: the model's own forward
-    and backward, BLAS on every core."""
-
-    def __init__(self, mae, count=None):
-        count = num_threads() if count is None and mae.xp is np else count or 1
-        self.shards = ThreadShards(mae, count)                       # the model and its replicas
-
-    def step(self, x, rows, hidden):
-        models, B = self.shards.models, x.shape[0]
-        if len(models) == 1:
-            loss = models[0](x, rows, hidden)
-            models[0].backward()
-            return float(loss)
-        self.shards.follow_model()                                   # dropout, if the encoder has any
-
-        def shard(model, part):
-            share = (part.stop - part.start) / B
-            loss = float(model(x[part], rows[part], hidden[part]))
-            model.backward(share)
-            return loss * share
-        with single_threaded_blas():
-            losses = run_on_threads([lambda m=m, r=r: shard(m, r) for m, r in zip(models, split_rows(B, len(models)))])
-        self.shards.sum_gradients()
-        return sum(losses)
 
 
 def encoder_weights(state):

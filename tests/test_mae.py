@@ -14,7 +14,8 @@ from numpyvit.layers.masking import MaskFill, TokenRows, random_keep
 from numpyvit.layers.base import Parameter
 from numpyvit.losses import MaskedMSELoss
 from numpyvit.io import load_arrays
-from numpyvit.mae import MaskedAutoencoder, ShardedSteps, encoder_weights
+from numpyvit.engine.mae_steps import ShardedSteps
+from numpyvit.mae import MaskedAutoencoder, encoder_weights
 from numpyvit.optim import AdamW
 from numpyvit.train import TrainConfig
 from numpyvit.train.pretrain import pretrain
@@ -202,18 +203,29 @@ def tiny_mae(seed=0):
     return MaskedAutoencoder(encoder, decoder_dim=8, decoder_depth=1, decoder_heads=2, seed=seed)
 
 
-def test_sharded_steps_are_the_whole_batch_s(rng):
-    """Two shards on two threads give the loss and the gradients of one pass over the batch."""
-    x = rng.standard_normal((6, 1, 28, 28))
-    rows, hidden = random_keep(rng, 6, 16, 0.75)
+@pytest.mark.parametrize("kind", ["processes", "threads"])
+def test_sharded_steps_are_the_whole_batch_s(rng, kind):
+    """Two shards (the model and a worker process, or two threads) give the loss and the gradients
+    of one pass over the batch, also at a second step, after the optimizer changed the weights."""
+    if kind == "processes" and not numpyvit.engine.workers.SUPPORTED:
+        pytest.skip("worker processes need a POSIX system")
+    x = rng.standard_normal((2, 7, 1, 28, 28))
+    masks = [random_keep(rng, 7, 16, 0.75) for _ in range(2)]
     results = []
     for count in (1, 2):
         mae = MaskedAutoencoder(numpyvit.create_model("mnist_tiny", embed_dim=16, depth=2, num_heads=2,
                                                       dtype="float64"), decoder_dim=8, decoder_depth=1, decoder_heads=2)
-        loss = ShardedSteps(mae, count).step(x, rows, hidden)
-        results.append((loss, {name: p.grad.copy() for name, p in mae.named_parameters()}))
+        optimizer, steps, losses = AdamW(mae.parameters(), lr=1e-2), ShardedSteps(mae, count), []
+        with numpyvit.engine.tuning.forced(kind):
+            assert steps.kind(7) == (kind if count == 2 else "one")
+            for images, (rows, hidden) in zip(x, masks):
+                optimizer.zero_grad()
+                losses.append(steps.step(images, rows, hidden))
+                optimizer.step()
+        steps.close()
+        results.append((losses, {name: p.grad.copy() for name, p in mae.named_parameters()}))
     (one, grads1), (two, grads2) = results
-    assert two == pytest.approx(one, rel=1e-12)
+    assert two == pytest.approx(one, rel=1e-12) and one[1] != one[0]
     for name in grads1:
         np.testing.assert_allclose(grads2[name], grads1[name], rtol=1e-10, atol=1e-14 * np.abs(grads1[name]).max())
 

@@ -17,6 +17,8 @@ over images, which splits into a sum over shards.
 model_0 is always the model itself. The other shards run either on threads of this process
 (``ThreadShards``: replicas whose parameters read the model's arrays) or in worker processes
 (``numpyvit.engine.workers.ProcessShards``: no shared interpreter lock, so small models scale too).
+Both run a classifier's ``forward`` and ``backward`` (numpyvit.engine.runner) and a masked
+autoencoder's whole ``loss_step`` (numpyvit.engine.mae_steps).
 A shard's dropout generators are re-seeded from the model's generators at every training
 forward, so a seeded run is reproducible for a given number of shards (the masks differ
 between shard counts, as they would between batch orders).
@@ -129,6 +131,21 @@ class ThreadShards:
                               for m, r in zip(self.models, self.rows)])
         self.sum_gradients()
         return np.concatenate(dxs)
+
+    def loss_step(self, x, rows, hidden):
+        """A MaskedAutoencoder's forward and backward (see ProcessShards.loss_step): the batch's loss,
+        every shard's gradients summed into the model's, each weighted by the shard's share B_s / B."""
+        B = x.shape[0]
+        self.follow_model()
+
+        def shard(model, part):
+            share = (part.stop - part.start) / B
+            loss = float(model(x[part], rows[part], hidden[part]))
+            model.backward(share)
+            return loss * share
+        losses = run_on_threads([(lambda m=m, r=r: shard(m, r)) for m, r in zip(self.models, split_rows(B, len(self.models)))])
+        self.sum_gradients()
+        return sum(losses)
 
     def follow_model(self):
         """The replicas in the model's mode, their dropout seeded from the model's generators."""

@@ -7,10 +7,12 @@ so two threads spend a third of the step waiting for each other (mnist_tiny: 2,4
 threads, 3,300 img/s in two processes). A worker process has an interpreter of its own.
 
 Each worker is a ``python`` running ``numpyvit.engine.workers.main``, started when the model
-first needs it and stopped with the model (or at exit). It builds a replica from the model's config, whose parameters are
-views of one shared-memory file: the model copies its weights there before every forward. Per
-worker, a second shared-memory file holds its shard's images, logits, dlogits, input gradient
-and, unless the forward runs under no_grad, parameter gradients. Commands and replies are one
+first needs it and stopped with the model (or at exit). It builds a replica from the model's config
+(a classifier's, or a masked autoencoder's around its encoder: ``replica_spec``), whose parameters
+are views of one shared-memory file: the model copies its weights there before every command. Per
+worker, a second shared-memory file holds its shard's arrays: images, and logits, dlogits and input
+gradient (a classifier) or kept rows and hidden patches (an autoencoder), and, unless the forward
+runs under no_grad, parameter gradients. Commands and replies are one
 JSON line each on the worker's stdin and stdout; nothing is pickled. An exception in a worker
 comes back as that worker's traceback. The files are deleted as soon as both sides have mapped
 them, so nothing is left behind even if a process is killed (POSIX systems only; elsewhere
@@ -33,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from ..grad_mode import grad_enabled, set_grad_enabled
+from ..mae import MaskedAutoencoder
 from ..model import VisionTransformer
 from ..parallel import run_on_threads
 from .shards import add_gradients, draw_seeds, seed_layers, split_rows
@@ -83,36 +86,57 @@ def _map(path, writable):
     return np.frombuffer(mapped, dtype=np.uint8)
 
 
-def _views(buffer, layout, dtype):
-    """{name: array} of the regions ``layout`` = {name: (offset in elements, shape)} of a buffer."""
-    flat = buffer.view(dtype)
-    return {name: flat[offset:offset + int(np.prod(shape))].reshape(shape) for name, (offset, shape) in layout.items()}
-
-
-def _layout(shapes):
-    """{name: (offset, shape)} packing the named shapes one after another; and the total size."""
+def _layout(arrays):
+    """{name: (offset in bytes, shape, dtype)} packing the named arrays ``arrays`` = {name: (shape,
+    dtype)} one after another, each at a multiple of 64 bytes (a cache line); and the total size in
+    bytes. JSON carries it to the worker as it is."""
     layout, offset = {}, 0
-    for name, shape in shapes.items():
-        layout[name] = (offset, tuple(int(s) for s in shape))
-        offset += int(np.prod(shape))
+    for name, (shape, dtype) in arrays.items():
+        shape, dtype = tuple(int(s) for s in shape), np.dtype(dtype)
+        layout[name] = (offset, shape, dtype.str)
+        offset += (int(np.prod(shape)) * dtype.itemsize + 63) // 64 * 64
     return layout, offset
 
 
+def _views(buffer, layout):
+    """{name: array} of the regions ``layout`` (see _layout) describes in a uint8 buffer."""
+    views = {}
+    for name, (offset, shape, dtype) in layout.items():
+        dtype = np.dtype(dtype)
+        views[name] = buffer[offset:offset + int(np.prod(shape)) * dtype.itemsize].view(dtype).reshape(shape)
+    return views
+
+
+def replica_spec(model):
+    """What a worker needs to build its copy of ``model`` (a VisionTransformer or a
+    MaskedAutoencoder), as JSON: the ViT's config, and the autoencoder's around it."""
+    if isinstance(model, MaskedAutoencoder):
+        return dict(config=model.encoder.config, mae=model.config)
+    return dict(config=model.config)
+
+
+def build_replica(spec):
+    """The worker's copy of a model from ``replica_spec`` (its weights are set from shared memory)."""
+    model = VisionTransformer(**dict(spec["config"], backend="numpy"), init=False)
+    return MaskedAutoencoder(model, **spec["mae"]) if "mae" in spec else model
+
+
 class ProcessShards:
-    """Shard 0 on this thread, shards 1.. in ``count - 1`` worker processes."""
+    """Shard 0 on this thread, shards 1.. in ``count - 1`` worker processes. A classifier's shards
+    run ``forward`` then ``backward``; a MaskedAutoencoder's run whole steps (``loss_step``)."""
 
     def __init__(self, model, count):
         self.model, self.params = model, model.parameters()
-        self.param_layout, total = _layout({f"p{i}": p.shape for i, p in enumerate(self.params)})
-        path, self.param_buffer = _shared_file(total * model.dtype.itemsize)
-        self.param_views = list(_views(self.param_buffer, self.param_layout, model.dtype).values())
+        self.param_layout, total = _layout({f"p{i}": (p.shape, model.dtype) for i, p in enumerate(self.params)})
+        path, self.param_buffer = _shared_file(total)
+        self.param_views = list(_views(self.param_buffer, self.param_layout).values())
         self.workers = []
         self._finalizer = weakref.finalize(self, _stop_all, self.workers)
         try:
             for _ in range(count - 1):
                 self.workers.append(_Worker())
             for worker in self.workers:
-                worker.send(op="setup", config=model.config, params=path, layout=self.param_layout)
+                worker.send(op="setup", model=replica_spec(model), params=path, layout=self.param_layout)
             for worker in self.workers:
                 worker.reply()
         finally:
@@ -121,14 +145,10 @@ class ProcessShards:
 
     def forward(self, x):
         model = self.model
-        for param, view in zip(self.params, self.param_views):      # the weights as they are now
-            view[...] = param.data
-        self.rows = split_rows(x.shape[0], len(self.workers) + 1)
         grads = self.params if grad_enabled() else []                # gradients only if a backward may follow
-        for worker, rows in zip(self.workers, self.rows[1:]):        # every file first: if one fails,
-            worker.prepare(x[rows].shape, model.num_classes, grads, model.dtype)   # no worker is busy
+        self._start(x, dict(logits=((model.num_classes,), model.dtype), dlogits=((model.num_classes,), model.dtype),
+                            dx=(x.shape[1:], model.dtype)), grads)
         for worker, rows in zip(self.workers, self.rows[1:]):
-            worker.io["x"][...] = x[rows]
             worker.send(op="forward", training=model.training, seeds=draw_seeds(model) if model.training else [],
                         grad=grad_enabled(), errors=np.geterr())
         try:
@@ -146,22 +166,65 @@ class ProcessShards:
             dx = run_on_threads([lambda: model.backward_stages(dlogits[self.rows[0]])])
         finally:
             self._collect()
+        self._sum_gradients()
+        return np.concatenate(dx + [worker.io["dx"].copy() for worker in self.workers])
+
+    def loss_step(self, x, rows, hidden):
+        """A MaskedAutoencoder's forward and backward of images x with the kept ``rows`` and the
+        ``hidden`` patches (numpyvit.layers.masking.random_keep): the batch's loss (a float), and every
+        gradient summed into the model's parameters. Each shard's loss and gradients are weighted by
+        its share of the batch, B_s / B (numpyvit.engine.mae_steps says why that is exact)."""
+        model, B = self.model, x.shape[0]
+        self._start(x, dict(rows=(rows.shape[1:], rows.dtype), hidden=(hidden.shape[1:], hidden.dtype)), self.params)
+        shares = [(part.stop - part.start) / B for part in self.rows]
+        for worker, part, share in zip(self.workers, self.rows[1:], shares[1:]):
+            worker.io["rows"][...], worker.io["hidden"][...] = rows[part], hidden[part]
+            worker.send(op="loss_step", share=share, training=model.training,
+                        seeds=draw_seeds(model) if model.training else [], errors=np.geterr(),
+                        trainable=[p.requires_grad for p in self.params])
+
+        def own_shard(part=self.rows[0]):
+            loss = float(model(x[part], rows[part], hidden[part]))
+            model.backward(shares[0])
+            return loss
+        try:
+            (loss,) = run_on_threads([own_shard])
+        finally:
+            losses = self._collect()
+        self._sum_gradients()
+        return loss * shares[0] + sum(reply["loss"] * share for reply, share in zip(losses, shares[1:]))
+
+    def _start(self, x, per_image, grads):
+        """Before a command: the weights as they are now in shared memory, the batch cut into shards,
+        each worker's file holding its shard's images, ``per_image`` = {name: (shape of one image's
+        array, dtype)} and the gradients of ``grads``."""
+        for param, view in zip(self.params, self.param_views):
+            view[...] = param.data
+        self.rows = split_rows(x.shape[0], len(self.workers) + 1)
+        for worker, rows in zip(self.workers, self.rows[1:]):        # every file first: if one fails,
+            n = rows.stop - rows.start                               # no worker is busy
+            arrays = dict(x=(x.shape[1:], self.model.dtype), **per_image)
+            arrays = {name: ((n, *shape), dtype) for name, (shape, dtype) in arrays.items()}
+            worker.prepare(dict(arrays, **{f"g{i}": (p.shape, self.model.dtype) for i, p in enumerate(grads)}))
+        for worker, rows in zip(self.workers, self.rows[1:]):
+            worker.io["x"][...] = x[rows]
+
+    def _sum_gradients(self):
         for worker in self.workers:                                  # shared memory: copied, not kept
             add_gradients(self.params, [worker.io[f"g{index}"] for index in range(len(self.params))])
-            dx.append(worker.io["dx"].copy())
-        return np.concatenate(dx)
 
     def _collect(self):
         """Every worker's reply (so that none is left unread for the next command), then the first
-        error among them, if any."""
-        errors = []
+        error among them, if any; else the replies."""
+        replies, errors = [], []
         for worker in self.workers:
             try:
-                worker.reply()
+                replies.append(worker.reply())
             except WorkerError as err:
                 errors.append(err)
         if errors:
             raise errors[0]
+        return replies
 
     def close(self):
         self._finalizer()
@@ -177,7 +240,7 @@ class _Worker:
                        [package_parent] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
         self.process = subprocess.Popen([sys.executable, "-c", "from numpyvit.engine.workers import main; main()"],
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
-        self.shapes, self.io, self.buffer = None, None, None
+        self.arrays, self.io, self.buffer = None, None, None
 
     def send(self, **command):
         try:
@@ -202,21 +265,19 @@ class _Worker:
                            f"({'exit status ' + str(code) if code is not None else 'not answering'}); "
                            "set NUMPYVIT_PARALLEL=threads to train without worker processes")
 
-    def prepare(self, x_shape, num_classes, params, dtype):
-        """Map a shared-memory file for a shard of shape ``x_shape`` and the gradients of ``params``
-        (a new one if that changed)."""
-        shapes = dict(x=x_shape, logits=(x_shape[0], num_classes), dlogits=(x_shape[0], num_classes), dx=x_shape)
-        shapes.update({f"g{i}": p.shape for i, p in enumerate(params)})
-        if shapes == self.shapes:
+    def prepare(self, arrays):
+        """Map a shared-memory file holding ``arrays`` = {name: (shape, dtype)} (a new one if they
+        changed)."""
+        if arrays == self.arrays:
             return
-        layout, total = _layout(shapes)
-        path, self.buffer = _shared_file(total * dtype.itemsize)
+        layout, total = _layout(arrays)
+        path, self.buffer = _shared_file(total)
         try:
             self.send(op="io", path=path, layout=layout)
             self.reply()
         finally:
             os.unlink(path)
-        self.shapes, self.io = shapes, _views(self.buffer, layout, dtype)
+        self.arrays, self.io = arrays, _views(self.buffer, layout)
 
 
 def _stop_all(workers):
@@ -249,34 +310,43 @@ def _handle(command, state):
 def _run_command(command, state):
     op = command["op"]
     if op == "setup":
-
-        model = VisionTransformer(**dict(command["config"], backend="numpy"), init=False)  # weights: shared below
-        layout = {name: (offset, tuple(shape)) for name, (offset, shape) in command["layout"].items()}
-        state["param_buffer"] = _map(command["params"], writable=False)
-        for param, view in zip(model.parameters(), _views(state["param_buffer"], layout, model.dtype).values()):
+        model = build_replica(command["model"])                      # weights: shared below
+        for param, view in zip(model.parameters(), _views(_map(command["params"], writable=False),
+                                                           command["layout"]).values()):
             if view.shape != param.shape:
                 raise ValueError(f"parameter layout mismatch: {view.shape} vs {param.shape}")
             param.data = view
         state["model"] = model
-    elif op == "io":
-        layout = {name: (offset, tuple(shape)) for name, (offset, shape) in command["layout"].items()}
-        state["io_buffer"] = _map(command["path"], writable=True)
-        state["io"] = _views(state["io_buffer"], layout, state["model"].dtype)
-    elif op == "forward":
-        model, io = state["model"], state["io"]
+        return {"ok": True}
+    if op == "io":
+        state["io"] = _views(_map(command["path"], writable=True), command["layout"])
+        return {"ok": True}
+    model, io = state["model"], state["io"]
+    if op == "forward":
         model.train(command["training"])
         seed_layers(model, command["seeds"])
         with set_grad_enabled(command["grad"]):
             io["logits"][...] = model(io["x"])
     elif op == "backward":
-        model, io = state["model"], state["io"]
-        for index, param, trainable in zip(range(len(command["trainable"])), model.parameters(), command["trainable"]):
-            param.grad, param.requires_grad = io[f"g{index}"], trainable
-            param.grad.fill(0)
+        _gradients_into(io, model, command["trainable"])
         io["dx"][...] = model.backward(io["dlogits"])
+    elif op == "loss_step":                                          # a MaskedAutoencoder's shard
+        model.train(command["training"])
+        seed_layers(model, command["seeds"])
+        _gradients_into(io, model, command["trainable"])
+        loss = float(model(io["x"], io["rows"], io["hidden"]))
+        model.backward(command["share"])
+        return {"ok": True, "loss": loss}
     else:
         raise ValueError(f"unknown command {op!r}")
     return {"ok": True}
+
+
+def _gradients_into(io, model, trainable):
+    """The model's parameter gradients accumulate, from zero, into the shared file's g0, g1, ..."""
+    for index, (param, flag) in enumerate(zip(model.parameters(), trainable)):
+        param.grad, param.requires_grad = io[f"g{index}"], flag
+        param.grad.fill(0)
 
 
 def main():

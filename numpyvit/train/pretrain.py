@@ -4,7 +4,7 @@ labels. One step, for a batch x (B, C, H, W):
     lr           = warmup_cosine(step)                 as fit's schedule
     rows, hidden = random_keep(rng(seed, step), ...)   the step's own draw of the kept patches
     loss         = mae(x, rows, hidden)                 MSE on the hidden patches; one shard of the
-    mae.backward();  clip_grad_norm;  AdamW step        batch per core (numpyvit.mae.ShardedSteps)
+    mae.backward();  clip_grad_norm;  AdamW step        batch per core (numpyvit.engine.mae_steps)
 
 Each epoch ends with the loss on the first EVAL_IMAGES test images under one fixed mask (so that
 epochs compare), a checkpoint, history.json, and every ``figure_every`` epochs (and at the end)
@@ -31,7 +31,7 @@ from ..data import iterate_batches, normalize
 from ..errors import ConfigError
 from ..io import CHECKPOINT_NAME
 from ..layers.masking import random_keep
-from ..mae import ShardedSteps
+from ..engine.mae_steps import ShardedSteps
 from ..optim import AdamW, clip_grad_norm, warmup_cosine
 from .checkpoint import TrainState, derived_seed, load_checkpoint, save_checkpoint
 from .history import HISTORY_NAME, write_history
@@ -71,12 +71,15 @@ def pretrain(mae, dataset, config, out_dir, *, resume=False, log=None, figure_ev
         state = TrainState(data_rng=np.random.default_rng([config.seed, 1]))
     run = _Pretraining(mae, dataset, config, images, optimizer, run_meta, path, progress)
     history = dict(config=run_meta, epochs=state.history)
-    with CtrlC() as ctrl_c, np.errstate(over="ignore", invalid="ignore"):
-        while state.epoch < config.epochs:
-            run.epoch(state, ctrl_c)
-            write_history(out_dir / HISTORY_NAME, history)
-            if state.epoch % figure_every == 0 or state.epoch == config.epochs:
-                run.figure(out_dir / FIGURE_NAME, state.epoch)
+    try:
+        with CtrlC() as ctrl_c, np.errstate(over="ignore", invalid="ignore"):
+            while state.epoch < config.epochs:
+                run.epoch(state, ctrl_c)
+                write_history(out_dir / HISTORY_NAME, history)
+                if state.epoch % figure_every == 0 or state.epoch == config.epochs:
+                    run.figure(out_dir / FIGURE_NAME, state.epoch)
+    finally:
+        run.steps.close()                                            # the worker processes, if any
     return history
 
 
