@@ -22,6 +22,7 @@ from numpyvit.train.pretrain import pretrain
 from finite_differences import central_differences
 from test_demos import demo, synthetic  # noqa: F401  (a fixture)
 from test_train import tiny_dataset
+from test_tuning import full_shared_memory  # noqa: F401  (a fixture)
 
 SMALL = dict(img_size=(8, 12), patch_size=4, in_chans=2, num_classes=5, embed_dim=16, depth=2, num_heads=2,
              mlp_ratio=2.0)
@@ -228,6 +229,23 @@ def test_sharded_steps_are_the_whole_batch_s(rng, kind):
     assert two == pytest.approx(one, rel=1e-12) and one[1] != one[0]
     for name in grads1:
         np.testing.assert_allclose(grads2[name], grads1[name], rtol=1e-10, atol=1e-14 * np.abs(grads1[name]).max())
+
+
+def test_no_room_in_shared_memory_means_mae_shards_on_threads(rng, monkeypatch, full_shared_memory):
+    """Where the worker processes' files cannot be made, the MAE's steps warn once and run on
+    threads (the same loss as one shard), unless processes were forced: then the clear error."""
+    files, x = full_shared_memory(), rng.standard_normal((4, 1, 28, 28))
+    rows, hidden = random_keep(rng, 4, 16, 0.75)
+    monkeypatch.setattr(numpyvit.engine.tuning, "_refused", dict(processes=None))
+    expected = ShardedSteps(tiny_mae(), 1).step(x, rows, hidden)
+    steps = ShardedSteps(tiny_mae(), 2)
+    with pytest.warns(RuntimeWarning, match="goes on without worker processes"):
+        assert steps.step(x, rows, hidden) == pytest.approx(expected, rel=1e-5)
+    assert steps.kind(4) == "threads" and full_shared_memory() == files
+    monkeypatch.setattr(numpyvit.engine.tuning, "_refused", dict(processes=None))
+    monkeypatch.setenv("NUMPYVIT_PARALLEL", "processes")
+    with pytest.raises(numpyvit.engine.workers.SharedMemoryError, match="NUMPYVIT_PARALLEL=threads"):
+        ShardedSteps(tiny_mae(), 2).step(x, rows, hidden)
 
 
 def test_pretraining_resumes_exactly(tmp_path, monkeypatch):

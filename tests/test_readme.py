@@ -32,3 +32,17 @@ def test_every_relative_link_of_the_docs_resolves():
               if not target.startswith(("http://", "https://", "mailto:"))
               and not (page.parent / target).exists()]
     assert not broken, broken
+
+
+def test_every_table_of_the_docs_stands_apart_from_its_text():
+    """GitHub's Markdown takes a line of text right after a table as one more row of it: a blank
+    line must come before and after every table (code blocks aside)."""
+    pages = [ROOT / "README.md", ROOT / "CONTRIBUTING.md", *sorted((ROOT / "docs").glob("*.md"))]
+    glued = []
+    for page in pages:
+        lines, in_code = page.read_text().splitlines(), False
+        for number, (line, after) in enumerate(zip(lines, lines[1:]), start=1):
+            in_code ^= line.startswith("```")
+            if not in_code and after.strip() and line.strip() and line.startswith("|") != after.startswith("|"):
+                glued.append(f"{page.name}:{number + 1}: {after[:50]}")
+    assert not glued, glued

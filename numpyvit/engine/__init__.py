@@ -6,6 +6,7 @@
                   and gradient sum that threads, processes and MPI share
     workers       the same shards in worker processes (ProcessShards), over shared memory
     runner        CpuRunner: runs one model by the chosen strategy (registered with numpyvit.execution)
+    mae_steps     ShardedSteps: a masked autoencoder's training steps, one shard per core
 
 The layers never import this package; they use the low floor numpyvit.parallel. Importing
 numpyvit imports the engine, which registers its runner, so every NumPy model uses it.
