@@ -36,6 +36,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchmark_setup import numpyvit_step  # noqa: E402
 import numpyvit  # noqa: E402
 from numpyvit import cli  # noqa: E402
 from numpyvit.engine import tuning  # noqa: E402
@@ -63,18 +65,6 @@ def flops_per_image(config, mae=None):
                 + products(config, N + 1, E, int(round(E * mae["decoder_mlp_ratio"])), mae["decoder_depth"])
                 + N * E * patch)
     return 2 * macs * 3
-
-
-def classifier_step(config, x, y):
-    model = numpyvit.VisionTransformer(**config)
-    optimizer, loss = numpyvit.AdamW(model.parameters(), lr=1e-4), numpyvit.CrossEntropyLoss()
-
-    def step():
-        optimizer.zero_grad()
-        loss(model(x), y)
-        model.backward(loss.backward())
-        optimizer.step()
-    return step
 
 
 def mae_step(config, decoder, x, kind):
@@ -125,11 +115,12 @@ def main(argv=None):
     as_encoder = dict(config, img_size=side, global_pool="avg")      # avg: every block computes every token
     as_decoder = dict(as_encoder, img_size=config["img_size"], embed_dim=args.decoder_dim, depth=args.decoder_depth,
                       num_heads=4, mlp_ratio=4.0)
-    contestants = {"classifier": classifier_step(config, x, y),
+    contestants = {"classifier": numpyvit_step(numpyvit.VisionTransformer(**config), x, y, training=True),
                    "mae-processes": mae_step(config, decoder, x, "processes"),
                    "mae-threads": mae_step(config, decoder, x, "threads"),
-                   "as-encoder": classifier_step(as_encoder, x[:, :, :side, :side], y),
-                   "as-decoder": classifier_step(as_decoder, x, y)}
+                   "as-encoder": numpyvit_step(numpyvit.VisionTransformer(**as_encoder), x[:, :, :side, :side], y,
+                                                 training=True),
+                   "as-decoder": numpyvit_step(numpyvit.VisionTransformer(**as_decoder), x, y, training=True)}
     flops = {"classifier": flops_per_image(config), "mae-processes": flops_per_image(config, decoder),
              "mae-threads": flops_per_image(config, decoder), "as-encoder": flops_per_image(as_encoder),
              "as-decoder": flops_per_image(as_decoder)}

@@ -1,6 +1,7 @@
 """The demos end to end, on a tiny synthetic dataset (``load_dataset`` is replaced: no files, no network)."""
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -215,6 +216,15 @@ def test_benchmark_prints_its_table(monkeypatch, capsys):
     assert float(row.split()[9]) > 0                                                           # numpyvit img/s
     from numpyvit.engine.tuning import cpu_model
     assert f"cpu: {cpu_model()}" in out                                          # the CPU it ran on
+
+
+def test_benchmark_mae_compares_the_mae_step_with_the_classifier_s(capsys):
+    demo("benchmark_mae").main(["--embed-dim", "16", "--decoder-dim", "8", "--batch", "4", "--rounds", "1",
+                                "--block", "1", "--warmup", "0"])
+    out = capsys.readouterr().out
+    for contestant in ("classifier", "mae-processes", "mae-threads", "as-encoder", "as-decoder"):
+        assert re.search(rf"^{contestant} +[\d.]+ms +\d+ +[\d.]+ +[\d.]+ +\d+$", out, re.MULTILINE), out
+    assert re.search(r"mae-processes: [\d.]+x the classifier's GFLOP/s; its step takes [\d.]+x", out), out
 
 
 def test_benchmark_turn_reports_times_memory_and_logits(capsys):
