@@ -1,2 +1,2 @@
 """numpyvit's version (the engine's measurements are cached per version)."""
-__version__ = "0.8.0"
+__version__ = "0.9.0"
