@@ -32,6 +32,12 @@ def main():
     runs = {}
     for route, label in ROUTES.items():
         for folder in sorted(Path(args.runs).glob(f"{route}-[0-9]")):
+            final = [folder / part / "history.json" for part in (".", "finetune")
+                     if (folder / part / "history.json").is_file()]
+            done = [json.loads(path.read_text()) for path in final]
+            if not done or done[0]["epochs"][-1]["epoch"] < done[0]["config"]["train"]["epochs"]:
+                print(f"{folder}: not finished (running, or stopped): left out")
+                continue
             history, pre = route_history(folder)
             runs[f"{label} seed {folder.name.rsplit('-', 1)[1]}"] = history
             last = history["epochs"][-1]
