@@ -11,8 +11,9 @@ by their shares B_s / B, and its gradients the shards' gradients of those weight
 Which kind of shard: worker processes where the system has them, since an MAE shard makes
 thousands of small NumPy calls a step and two threads spend much of it waiting for each other's
 interpreter lock (Fashion-MNIST's encoder, D 96, batch 128, on a 2-core Intel Xeon: 2,459 img/s
-on threads, 3,250 in processes; demos/benchmark_mae.py); $NUMPYVIT_PARALLEL overrides it (threads; split or blas: one shard, BLAS on every core).
-Where the processes' shared memory cannot be had, threads, with the warning the classifier gives.
+on threads, 3,250 in processes; demos/benchmark_mae.py). $NUMPYVIT_PARALLEL overrides it
+(threads; split or blas: one shard, BLAS on every core). Where the processes' shared memory cannot
+be had, threads, with the warning the classifier gives.
 """
 import numpy as np
 
