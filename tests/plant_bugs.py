@@ -114,10 +114,10 @@ MUTANTS = [
      "self.mask_token.accumulate(total.reshape(1, 1, -1))", MAE),
     ("losses: masked MSE's backward over the visible patches too", "numpyvit/losses.py",
      "        err *= hidden[:, :, None]\n", "", MAE),
-    ("engine: MAE shards on threads not weighted by their share of the batch", "numpyvit/engine/shards.py",
+    ("engine: MAE shards not weighted by their share of the batch", "numpyvit/engine/shards.py",
      "model.backward(share)", "model.backward()", MAE),
-    ("engine: a worker process's MAE shard not weighted by its share", "numpyvit/engine/workers.py",
-     'model.backward(command["share"])', "model.backward()", MAE),
+    ("engine: a worker process's MAE shard told the whole batch's weight", "numpyvit/engine/workers.py",
+     'worker.send(op="loss_step", share=share,', 'worker.send(op="loss_step", share=1.0,', MAE),
 ]
 
 

@@ -94,6 +94,14 @@ def add_gradients(params, grads, keep=False):
             param.grad += grad
 
 
+def shard_loss_step(model, x, rows, hidden, share):
+    """One shard of a MaskedAutoencoder's step: its mean loss over its hidden patches (a float),
+    and its gradients, those of ``share`` x that loss, added into its parameters' ``grad``."""
+    loss = float(model(x, rows, hidden))
+    model.backward(share)
+    return loss
+
+
 def random_layers(model):
     """The layers of ``model`` that draw random numbers in training (dropout with p > 0)."""
     return [m for m in model.modules() if hasattr(m, "rng") and getattr(m, "p", 0.0) > 0.0]
@@ -137,15 +145,12 @@ class ThreadShards:
         every shard's gradients summed into the model's, each weighted by the shard's share B_s / B."""
         B = x.shape[0]
         self.follow_model()
-
-        def shard(model, part):
-            share = (part.stop - part.start) / B
-            loss = float(model(x[part], rows[part], hidden[part]))
-            model.backward(share)
-            return loss * share
-        losses = run_on_threads([(lambda m=m, r=r: shard(m, r)) for m, r in zip(self.models, split_rows(B, len(self.models)))])
+        parts = split_rows(B, len(self.models))
+        shares = [(part.stop - part.start) / B for part in parts]
+        losses = run_on_threads([(lambda m=m, r=r, s=s: shard_loss_step(m, x[r], rows[r], hidden[r], s))
+                                 for m, r, s in zip(self.models, parts, shares)])
         self.sum_gradients()
-        return sum(losses)
+        return sum(loss * share for loss, share in zip(losses, shares))
 
     def follow_model(self):
         """The replicas in the model's mode, their dropout seeded from the model's generators."""

@@ -38,7 +38,7 @@ from ..grad_mode import grad_enabled, set_grad_enabled
 from ..mae import MaskedAutoencoder
 from ..model import VisionTransformer
 from ..parallel import run_on_threads
-from .shards import add_gradients, draw_seeds, seed_layers, split_rows
+from .shards import add_gradients, draw_seeds, seed_layers, shard_loss_step, split_rows
 
 SUPPORTED = os.name == "posix"
 
@@ -182,17 +182,13 @@ class ProcessShards:
             worker.send(op="loss_step", share=share, training=model.training,
                         seeds=draw_seeds(model) if model.training else [], errors=np.geterr(),
                         trainable=[p.requires_grad for p in self.params])
-
-        def own_shard(part=self.rows[0]):
-            loss = float(model(x[part], rows[part], hidden[part]))
-            model.backward(shares[0])
-            return loss
+        own = self.rows[0]
         try:
-            (loss,) = run_on_threads([own_shard])
+            (loss,) = run_on_threads([lambda: shard_loss_step(model, x[own], rows[own], hidden[own], shares[0])])
         finally:
-            losses = self._collect()
+            replies = self._collect()
         self._sum_gradients()
-        return loss * shares[0] + sum(reply["loss"] * share for reply, share in zip(losses, shares[1:]))
+        return loss * shares[0] + sum(reply["loss"] * share for reply, share in zip(replies, shares[1:]))
 
     def _start(self, x, per_image, grads):
         """Before a command: the weights as they are now in shared memory, the batch cut into shards,
@@ -334,9 +330,7 @@ def _run_command(command, state):
         model.train(command["training"])
         seed_layers(model, command["seeds"])
         _gradients_into(io, model, command["trainable"])
-        loss = float(model(io["x"], io["rows"], io["hidden"]))
-        model.backward(command["share"])
-        return {"ok": True, "loss": loss}
+        return {"ok": True, "loss": shard_loss_step(model, io["x"], io["rows"], io["hidden"], command["share"])}
     else:
         raise ValueError(f"unknown command {op!r}")
     return {"ok": True}
