@@ -1,11 +1,16 @@
-"""The curves and table of docs/experiments/mae_fashion.sh's runs (runs/mae_fashion/<route>-<seed>):
-test accuracy against images seen and minutes, a MAE route's fine-tuning drawn after its pretraining
-(its images and minutes added), and one line per run.
+"""The curves and tables of docs/experiments/mae_fashion.sh's runs (<runs>/<route>-<seed>): test
+accuracy against images seen and minutes, a MAE route's fine-tuning drawn after its pretraining (its
+images and minutes added); a line per run, then a line per route (its seeds and their mean).
 
-    python docs/experiments/mae_fashion_curves.py --out docs/mae_fashion_time_to_accuracy.png
+The histories of the runs reported in docs/results.md are kept under docs/experiments/histories/
+(history.json files only), so the tables and figures can be redrawn without running anything:
+
+    python docs/experiments/mae_fashion_curves.py --runs docs/experiments/histories/mae_fashion30 \
+        --out docs/mae_fashion30_time_to_accuracy.png
 """
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from numpyvit import viz
@@ -24,30 +29,70 @@ def route_history(folder):
     return dict(tuned, epochs=shifted), pre
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--runs", default="runs/mae_fashion")
-    parser.add_argument("--out", default="docs/mae_fashion_time_to_accuracy.png")
-    args = parser.parse_args()
+def finished(folder):
+    """Whether the run (its training, or a MAE route's fine-tuning) ran all its epochs."""
+    for path in (folder / "history.json", folder / "finetune" / "history.json"):
+        if path.is_file():
+            history = json.loads(path.read_text())
+            return history["epochs"][-1]["epoch"] >= history["config"]["train"]["epochs"]
+    return False
+
+
+def collect(runs_dir):
+    """{route: [(seed, history, pretraining's last epoch or None)]} of the finished runs, seeds in order."""
     runs = {}
-    for route, label in ROUTES.items():
-        for folder in sorted(Path(args.runs).glob(f"{route}-[0-9]")):
-            final = [folder / part / "history.json" for part in (".", "finetune")
-                     if (folder / part / "history.json").is_file()]
-            done = [json.loads(path.read_text()) for path in final]
-            if not done or done[0]["epochs"][-1]["epoch"] < done[0]["config"]["train"]["epochs"]:
+    for route in ROUTES:
+        for folder in sorted(Path(runs_dir).glob(f"{route}-[0-9]")):
+            if not finished(folder):
                 print(f"{folder}: not finished (running, or stopped): left out")
                 continue
-            history, pre = route_history(folder)
-            runs[f"{label} seed {folder.name.rsplit('-', 1)[1]}"] = history
-            last = history["epochs"][-1]
-            tta = last.get("test_acc_tta")
-            print(f"| {label} | {folder.name.rsplit('-', 1)[1]} | {100 * last['test_acc']:.2f}% | "
-                  + (f"{100 * tta:.2f}%" if tta is not None else "-") + f" | {last['time'] / 60:.1f} min"
-                  + (f" ({pre['time'] / 60:.1f} pretraining, {pre['epoch']} epochs, reconstruction loss "
-                     f"{pre['test_loss']:.3f})" if pre else "") + " |")
-    print(viz.plot_time_to_accuracy(runs, args.out))
+            runs.setdefault(route, []).append((folder.name.rsplit("-", 1)[1], *route_history(folder)))
+    return runs
+
+
+def percent(values):
+    """'a / b / c%, mean m%' (one value: 'a%')."""
+    listed = " / ".join(f"{100 * v:.2f}" for v in values) + "%"
+    return listed if len(values) == 1 else f"{listed}, mean {100 * sum(values) / len(values):.2f}%"
+
+
+def run_row(route, seed, history, pre):
+    last = history["epochs"][-1]
+    tta = last.get("test_acc_tta")
+    return (f"| {ROUTES[route]} | {seed} | {100 * last['test_acc']:.2f}% | "
+            + (f"{100 * tta:.2f}%" if tta is not None else "-") + f" | {last['time'] / 60:.1f} min"
+            + (f" ({pre['time'] / 60:.1f} pretraining, {pre['epoch']} epochs, reconstruction loss "
+               f"{pre['test_loss']:.3f})" if pre else "") + " |")
+
+
+def route_row(route, seeded):
+    """The route's seeds: accuracy alone and with test-time augmentation (where every run has it), wall clock."""
+    lasts = [history["epochs"][-1] for _, history, _ in seeded]
+    tta = [e.get("test_acc_tta") for e in lasts]
+    minutes = sorted(e["time"] / 60 for e in lasts)
+    return (f"| {ROUTES[route]}, seeds {' / '.join(seed for seed, _, _ in seeded)} | "
+            f"{percent([e['test_acc'] for e in lasts])} | {percent(tta) if None not in tta else '-'} | "
+            f"{minutes[0]:.1f}-{minutes[-1]:.1f} min |")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", default="runs/mae_fashion", help="a folder of <route>-<seed> runs")
+    parser.add_argument("--out", default="docs/mae_fashion_time_to_accuracy.png")
+    args = parser.parse_args(argv)
+    runs = collect(args.runs)
+    if not runs:
+        print(f"{args.runs}: no finished runs named <route>-<seed> (route: {', '.join(ROUTES)})", file=sys.stderr)
+        return 2
+    for route, seeded in runs.items():
+        for run in seeded:
+            print(run_row(route, *run))
+    for route, seeded in runs.items():
+        print(route_row(route, seeded))
+    print(viz.plot_time_to_accuracy({f"{ROUTES[route]} seed {seed}": history for route, seeded in runs.items()
+                                     for seed, history, _ in seeded}, args.out))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
