@@ -69,10 +69,11 @@ def route_row(route, seeded):
     """The route's seeds: accuracy alone and with test-time augmentation (where every run has it), wall clock."""
     lasts = [history["epochs"][-1] for _, history, _ in seeded]
     tta = [e.get("test_acc_tta") for e in lasts]
-    minutes = sorted(e["time"] / 60 for e in lasts)
-    return (f"| {ROUTES[route]}, seeds {' / '.join(seed for seed, _, _ in seeded)} | "
+    minutes = [f"{m:.1f}" for m in sorted(e["time"] / 60 for e in lasts)]
+    seeds = " / ".join(seed for seed, _, _ in seeded)
+    return (f"| {ROUTES[route]}, seed{'s' if len(seeded) > 1 else ''} {seeds} | "
             f"{percent([e['test_acc'] for e in lasts])} | {percent(tta) if None not in tta else '-'} | "
-            f"{minutes[0]:.1f}-{minutes[-1]:.1f} min |")
+            f"{minutes[0]}{'-' + minutes[-1] if minutes[-1] != minutes[0] else ''} min |")
 
 
 def main(argv=None):
