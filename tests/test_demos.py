@@ -1,5 +1,4 @@
 """The demos end to end, on a tiny synthetic dataset (``load_dataset`` is replaced: no files, no network)."""
-import importlib.util
 import json
 import re
 from pathlib import Path
@@ -8,17 +7,14 @@ import numpy as np
 import pytest
 
 import numpyvit.data
+from scripts import load_script
 from test_train import tiny_dataset
 
-DEMOS = Path(__file__).resolve().parents[1] / "demos"
 TINY = ["--embed-dim", "16", "--depth", "1", "--num-heads", "2", "--batch-size", "16"]
 
 
 def demo(name):
-    spec = importlib.util.spec_from_file_location(f"demo_{name}", DEMOS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(f"demos/{name}.py")
 
 
 @pytest.fixture

@@ -1,12 +1,12 @@
 """The experiments' records: the histories kept under docs/experiments/histories/ are the numbers
 docs/results.md reports (redrawn by docs/experiments/mae_fashion_curves.py), so the two cannot drift."""
-import importlib.util
 import json
 import re
 import shutil
 from pathlib import Path
 
 import pytest
+from scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 RECORDS = sorted((ROOT / "docs" / "experiments" / "histories").iterdir())
@@ -14,10 +14,7 @@ RECORDS = sorted((ROOT / "docs" / "experiments" / "histories").iterdir())
 
 @pytest.fixture(scope="module")
 def curves():
-    spec = importlib.util.spec_from_file_location("mae_fashion_curves", ROOT / "docs/experiments/mae_fashion_curves.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("docs/experiments/mae_fashion_curves.py")
 
 
 def test_there_are_records():

@@ -14,6 +14,7 @@ from numpyvit import reference
 from numpyvit.viz import explorer_page
 from numpyvit.viz.explorer_page import all_formulas, explorer_html
 from numpyvit.viz.step_recording import record_step, watching
+from scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = [str(k) for k in range(10)]
@@ -203,10 +204,7 @@ def test_a_big_model_is_detailed_in_part_and_says_so(monkeypatch):
 
 def test_the_demo_writes_the_page(tmp_path, capsys):
     """demos/explore.py on a fresh model: one line saying where, how big, and the checks' worst."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("explore", ROOT / "demos" / "explore.py")
-    demo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(demo)
+    demo = load_script("demos/explore.py")
     photo = tmp_path / "seven.png"
     from PIL import Image
     Image.fromarray((np.random.default_rng(0).random((28, 28)) * 255).astype(np.uint8)).save(photo)

@@ -18,6 +18,7 @@ from numpyvit.errors import ConfigError, InputError
 from numpyvit.io import CheckpointError, save_arrays
 from numpyvit.weights import JaxCheckpointError, SafetensorsError, read_jax_npz, read_safetensors
 from numpyvit.weights import save_weights, to_jax, write_safetensors
+from scripts import load_script
 
 TINY = dict(depth=2, seed=1)                                         # vit_tiny_patch16_224 with 2 blocks
 
@@ -186,11 +187,7 @@ def test_sixteen_bit_grayscale_is_scaled_not_clipped(tmp_path):
 
 
 def test_classify_reports_a_bad_photo_in_one_line_and_goes_on(tmp_path, capsys):
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("classify", os.path.join(os.path.dirname(__file__), "..", "demos",
-                                                                           "classify.py"))
-    classify = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(classify)
+    classify = load_script("demos/classify.py")
     model = numpyvit.create_model("vit_tiny_patch16_224", depth=1, num_classes=3, img_size=32)
     save_weights(model, tmp_path / "w.safetensors")
     forged_png(tmp_path / "bomb.png", 30000, 30000)
@@ -273,11 +270,7 @@ def test_a_damaged_training_state_is_refused(interrupted_run, change, message):
 
 
 def test_finetune_writes_nothing_when_it_refuses_the_run(tmp_path, capsys):
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("finetune", os.path.join(os.path.dirname(__file__), "..", "demos",
-                                                                           "finetune.py"))
-    finetune = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(finetune)
+    finetune = load_script("demos/finetune.py")
     out = tmp_path / "ft"
     out.mkdir()
     (out / "checkpoint.npz").write_bytes(b"an earlier run")

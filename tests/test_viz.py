@@ -4,7 +4,6 @@ The quantities use small hand-made attention stacks whose answers are worked out
 comments; the figures are drawn with Agg and read back; the demo runs on a tiny random model
 saved to tmp_path with a synthetic dataset in place of MNIST (no files, no network).
 """
-import importlib.util
 import json
 import re
 import subprocess
@@ -18,6 +17,7 @@ import pytest
 import numpyvit
 from numpyvit import data, viz
 from numpyvit.io import save_model
+from scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 image_module = pytest.importorskip("matplotlib.image")
@@ -231,10 +231,7 @@ def tiny_model():
 
 
 def load_demo():
-    spec = importlib.util.spec_from_file_location("visualize_demo", ROOT / "demos" / "visualize.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("demos/visualize.py")
 
 
 @pytest.fixture
