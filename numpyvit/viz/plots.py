@@ -276,7 +276,7 @@ def plot_time_to_accuracy(runs, path, target=None):
     (an accuracy in %) is drawn as a dashed line."""
     if not runs:
         raise ValueError("no runs to plot")
-    fig = _figure(10, 3.8)
+    fig = _figure(12, 3.8)
     axes = fig.subplots(1, 2, sharey=True)
     colours = {}
     for label, history in runs.items():
@@ -300,7 +300,7 @@ def plot_time_to_accuracy(runs, path, target=None):
         ax.grid(alpha=0.3)
         if target is not None:
             ax.axhline(target, color="gray", ls="--", lw=1, label=f"target {target}%")
-    axes[1].legend(fontsize=8)
+    axes[1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))   # outside: it hides no curve
     fig.suptitle("Time to accuracy")
     return _save(fig, path)
 
